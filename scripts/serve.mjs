@@ -1,0 +1,191 @@
+#!/usr/bin/env node
+// Dependency-free static server for the pseudoword web app.
+//
+//   node scripts/serve.mjs [--port N] [--mount /url/prefix/=DIR]...
+//
+// Binds 127.0.0.1 only (http://127.0.0.1 is a secure context, which WebGPU needs).
+// Port: --port, else $PORT, else 8080; 0 picks a free port. Prints exactly one line
+// `serving http://127.0.0.1:PORT/` once listening (scripts and tests parse it).
+//
+// Mounts (longest prefix wins):
+//   /                  -> www/
+//   /models/tiny-sd1/  -> tests/fixtures/tiny-sd1/   (the tiny demo model)
+//   extra --mount /models/sd15/=/path/to/stable-diffusion-v1-5 as needed.
+
+import { createServer } from "node:http";
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+const MIME = {
+  ".html": "text/html; charset=utf-8",
+  ".htm": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".mjs": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".json": "application/json; charset=utf-8",
+  ".wasm": "application/wasm",
+  ".png": "image/png",
+  ".jpg": "image/jpeg",
+  ".jpeg": "image/jpeg",
+  ".svg": "image/svg+xml",
+  ".ico": "image/x-icon",
+  ".txt": "text/plain; charset=utf-8",
+  ".map": "application/json; charset=utf-8",
+  ".d.ts": "text/plain; charset=utf-8",
+};
+
+function usage(code) {
+  const out = code ? process.stderr : process.stdout;
+  out.write(
+    "usage: node scripts/serve.mjs [--port N] [--mount /url/prefix/=DIR]...\n" +
+      "  --port N   port on 127.0.0.1 (default $PORT or 8080; 0 = pick a free one)\n" +
+      "  --mount    serve DIR under /url/prefix/ (repeatable)\n",
+  );
+  process.exit(code);
+}
+
+function parseArgs(argv) {
+  let port = process.env.PORT !== undefined && process.env.PORT !== "" ? process.env.PORT : "8080";
+  const mounts = [
+    { prefix: "/", dir: path.join(ROOT, "www") },
+    { prefix: "/models/tiny-sd1/", dir: path.join(ROOT, "tests/fixtures/tiny-sd1") },
+  ];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const take = () => {
+      if (a.includes("=") && a.startsWith("--port")) return a.slice(a.indexOf("=") + 1);
+      if (i + 1 >= argv.length) usage(2);
+      return argv[++i];
+    };
+    if (a === "-h" || a === "--help") usage(0);
+    else if (a === "--port" || a.startsWith("--port=")) port = take();
+    else if (a === "--mount") {
+      const spec = argv[++i] ?? usage(2);
+      const eq = spec.indexOf("=");
+      if (eq < 1) usage(2);
+      let prefix = spec.slice(0, eq);
+      if (!prefix.startsWith("/")) prefix = "/" + prefix;
+      if (!prefix.endsWith("/")) prefix += "/";
+      mounts.push({ prefix, dir: path.resolve(spec.slice(eq + 1)) });
+    } else usage(2);
+  }
+  if (!/^\d+$/.test(String(port)) || Number(port) > 65535) {
+    process.stderr.write(`serve.mjs: invalid port ${JSON.stringify(port)}\n`);
+    process.exit(2);
+  }
+  mounts.sort((a, b) => b.prefix.length - a.prefix.length);
+  return { port: Number(port), mounts };
+}
+
+const { port, mounts } = parseArgs(process.argv.slice(2));
+
+function mimeOf(file) {
+  const base = path.basename(file).toLowerCase();
+  if (base.endsWith(".d.ts")) return MIME[".d.ts"];
+  return MIME[path.extname(base)] ?? "application/octet-stream";
+}
+
+function send(res, status, body, headers = {}) {
+  const buf = Buffer.from(body);
+  res.writeHead(status, {
+    "Content-Type": "text/plain; charset=utf-8",
+    "Content-Length": buf.length,
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    ...headers,
+  });
+  res.end(res.req.method === "HEAD" ? undefined : buf);
+}
+
+// Map a URL path to a file inside one of the mounts, or null (-> 404).
+function resolvePath(urlPath) {
+  let decoded;
+  try {
+    decoded = decodeURIComponent(urlPath);
+  } catch {
+    return null;
+  }
+  if (decoded.includes("\0") || decoded.includes("\\")) return null;
+  // Reject any `..` segment outright rather than normalising it away.
+  if (decoded.split("/").some((seg) => seg === "..")) return null;
+  const mount = mounts.find((m) => decoded === m.prefix.slice(0, -1) || decoded.startsWith(m.prefix));
+  if (!mount) return null;
+  const rel = decoded.slice(mount.prefix.length);
+  const file = path.resolve(mount.dir, "." + path.posix.sep + rel);
+  if (file !== mount.dir && !file.startsWith(mount.dir + path.sep)) return null;
+  return { file, mount, rel, trailingSlash: decoded.endsWith("/") };
+}
+
+async function handle(req, res) {
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    return send(res, 405, "405 method not allowed\n", { Allow: "GET, HEAD" });
+  }
+  let url;
+  try {
+    url = new URL(req.url, "http://127.0.0.1");
+  } catch {
+    return send(res, 400, "400 bad request\n");
+  }
+  const hit = resolvePath(url.pathname);
+  if (!hit) return send(res, 404, `404 not found: ${url.pathname}\n`);
+  let file = hit.file;
+  let st;
+  try {
+    st = await stat(file);
+    if (st.isDirectory()) {
+      // Directories: serve their index.html (no listings); /dir -> /dir/ redirect first.
+      if (!hit.trailingSlash) {
+        return send(res, 301, "301 moved\n", { Location: url.pathname + "/" + url.search });
+      }
+      file = path.join(file, "index.html");
+      st = await stat(file);
+    }
+    if (!st.isFile()) throw new Error("not a file");
+  } catch {
+    return send(res, 404, `404 not found: ${url.pathname}\n`);
+  }
+  res.writeHead(200, {
+    "Content-Type": mimeOf(file),
+    "Content-Length": st.size,
+    "Cache-Control": "no-cache",
+    "Last-Modified": st.mtime.toUTCString(),
+    "X-Content-Type-Options": "nosniff",
+  });
+  if (req.method === "HEAD") return res.end();
+  const stream = createReadStream(file);
+  stream.on("error", (err) => {
+    process.stderr.write(`serve.mjs: read error ${file}: ${err.message}\n`);
+    res.destroy(err);
+  });
+  stream.pipe(res);
+}
+
+const server = createServer((req, res) => {
+  handle(req, res).catch((err) => {
+    process.stderr.write(`serve.mjs: ${err.stack || err}\n`);
+    if (!res.headersSent) send(res, 500, "500 internal error\n");
+    else res.destroy();
+  });
+});
+
+server.on("error", (err) => {
+  process.stderr.write(`serve.mjs: cannot listen on 127.0.0.1:${port}: ${err.message}\n`);
+  process.exit(1);
+});
+
+server.listen(port, "127.0.0.1", () => {
+  const actual = server.address().port;
+  process.stdout.write(`serving http://127.0.0.1:${actual}/\n`);
+});
+
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    server.close();
+    server.closeAllConnections?.();
+    process.exit(0);
+  });
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# README command 2: everything CI runs.
+#   1. test needs: system Chromium (apt) and tests/browser's npm packages (npm ci)
+#   2. native tests: cargo test -j2
+#   3. the web build: scripts/ensure-tools.sh + scripts/build-web.sh
+#   4. browser end-to-end tests: node tests/browser/run.mjs (headless Chromium, WebGPU on SwiftShader)
+# Honours CARGO_TARGET_DIR. Prints one timing line per phase.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+phase_start=0
+phase() {
+  phase_name="$1"
+  phase_start=$SECONDS
+  echo "==> $phase_name"
+}
+phase_done() {
+  echo "==> $phase_name: done in $((SECONDS - phase_start)) s"
+}
+phase_name="setup"
+trap 'echo "==> $phase_name: FAILED after $((SECONDS - phase_start)) s" >&2' ERR
+
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+phase "test needs (chromium, npm ci)"
+if [[ ! -x /usr/bin/chromium ]]; then
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+fi
+command -v node >/dev/null || { echo "test.sh: node (>= 18) is required" >&2; exit 1; }
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+phase_done
+
+phase "native tests (cargo test -j2)"
+cargo test -j2
+phase_done
+
+phase "web build (ensure-tools, build-web)"
+scripts/ensure-tools.sh
+scripts/build-web.sh
+phase_done
+
+phase "browser tests (tests/browser/run.mjs)"
+node tests/browser/run.mjs
+phase_done

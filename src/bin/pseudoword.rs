@@ -1,0 +1,172 @@
+//! The native command line: `pseudoword tokenize | encode` (see README "CLI"). The output
+//! formats are relied on by scripts: keep them stable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::tensor::{Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use pseudoword::error::Error;
+use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
+use pseudoword::pipeline::PromptEncoder;
+use pseudoword::tokenizer::ClipTokenizer;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+#[derive(Parser)]
+#[command(name = "pseudoword", version, about = "Stable Diffusion personalization on your own GPU (native CLI)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Model folder in diffusers layout (tokenizer/, text_encoder/, ...).
+    #[arg(long)]
+    model: PathBuf,
+    /// Textual-inversion embedding file, `PATH[=TOKEN]` (repeatable).
+    #[arg(long = "embedding", value_name = "FILE[=TOKEN]")]
+    embeddings: Vec<String>,
+    /// Compute device: cpu, wgpu, or auto (wgpu when an adapter exists, else cpu).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize a prompt like the pipeline does; prints one JSON object.
+    Tokenize {
+        #[command(flatten)]
+        common: Common,
+        /// The prompt.
+        prompt: String,
+    },
+    /// Encode a prompt with the text encoder; writes `last_hidden_state` F32 [1, 77, D].
+    Encode {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        prompt: String,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weights variant: `fp16` loads `model.fp16.safetensors` (computed in f32).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Also write `hidden_states` F32 [layers+1, 1, 77, D] (embedding output + every layer).
+        #[arg(long)]
+        all_hidden_states: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
+        Command::Encode { common, prompt, out, variant, all_hidden_states } => {
+            encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states)
+        }
+    }
+}
+
+fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
+    // Tokenizing needs no device or weights: only the embedding files' token counts.
+    let mut tokenizer = ClipTokenizer::from_dir(&common.model.join("tokenizer"))?;
+    for arg in &common.embeddings {
+        let (path, token) = parse_embedding_arg(arg);
+        let emb = read_embedding_file(&path, token.as_deref())?;
+        let tokens = emb.tokens();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        tokenizer.add_tokens(&refs)?;
+    }
+    let full = tokenizer.encode(&tokenizer.maybe_convert_prompt(prompt));
+    let converted = tokenizer.maybe_convert_prompt(prompt);
+    let padded = tokenizer.encode_padded(&converted);
+    let json = serde_json::json!({
+        "input_ids": padded.ids,
+        "tokens": padded.tokens,
+        "ids": full.ids,
+        "converted_prompt": converted,
+        "truncated": full.ids.len() > tokenizer.model_max_length(),
+        "bos_token_id": tokenizer.bos_id(),
+        "eos_token_id": tokenizer.eos_id(),
+        "pad_token_id": tokenizer.pad_id(),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+fn load_with_embeddings(common: &Common, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
+    let mut enc = load_prompt_encoder(&common.model, variant, device)?;
+    for arg in &common.embeddings {
+        let (path, token) = parse_embedding_arg(arg);
+        let emb = read_embedding_file(&path, token.as_deref())?;
+        enc.add_embedding(&path.display().to_string(), &emb)?;
+    }
+    Ok(enc)
+}
+
+fn read_f32(t: Tensor<3>) -> Result<Vec<f32>, Error> {
+    let data = pollster::block_on(t.into_data_async())
+        .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") })?;
+    data.convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") }.into())
+}
+
+fn encode(common: &Common, prompt: &str, out: &Path, variant: Option<&str>, all_hidden: bool) -> Result<(), Error> {
+    let (device, device_name) = select_device(common.device)?;
+    let enc = load_with_embeddings(common, variant, &device)?;
+    let (toks, output) = enc.encode(&[prompt], all_hidden)?;
+    let [b, s, d] = output.last_hidden_state.dims();
+    let last = read_f32(output.last_hidden_state)?;
+    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("last_hidden_state".into(), Dtype::F32, vec![b, s, d], f32_bytes(&last)),
+        (
+            "input_ids".into(),
+            Dtype::I64,
+            vec![1, s],
+            toks[0].input_ids.iter().flat_map(|&i| (i as i64).to_le_bytes()).collect(),
+        ),
+    ];
+    if all_hidden {
+        let n = output.hidden_states.len();
+        let stacked = Tensor::stack::<4>(output.hidden_states, 0).reshape([n * b, s, d]);
+        blobs.push(("hidden_states".into(), Dtype::F32, vec![n, b, s, d], f32_bytes(&read_f32(stacked)?)));
+    }
+    write_safetensors(out, &blobs)?;
+    let json = serde_json::json!({
+        "out": out.display().to_string(),
+        "shape": [b, s, d],
+        "device": device_name,
+        "input_ids": toks[0].input_ids,
+        "truncated": toks[0].truncated,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn write_safetensors(path: &Path, blobs: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<(), Error> {
+    let io = |e: String| Error::Input(format!("cannot write {}: {e}", path.display()));
+    let views: HashMap<String, TensorView<'_>> = blobs
+        .iter()
+        .map(|(k, dt, shape, bytes)| Ok((k.clone(), TensorView::new(*dt, shape.clone(), bytes).map_err(|e| io(e.to_string()))?)))
+        .collect::<Result<_, Error>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| io(e.to_string()))
+}

@@ -1,0 +1,115 @@
+//! Typed errors for the boundaries of the library: weight files, configs, tokenizer folders,
+//! embedding files, devices and user input. Every message says what is wrong and what to do.
+
+use std::fmt;
+
+pub use crate::tokenizer::TokenizerError;
+
+/// A shape, printed like PyTorch prints one: `[49408, 768]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Errors while reading weights (safetensors files) or matching them to a model.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot read weights file {file}: {reason}. Check that the file exists and is readable.")]
+    Io { file: String, reason: String },
+
+    #[error("{file}: corrupt safetensors header ({reason}). The file is damaged or not a safetensors file; download it again.")]
+    CorruptHeader { file: String, reason: String },
+
+    #[error("{file}: file is truncated: tensor `{key}` needs bytes up to {needed} but the file has {actual}. The download was probably interrupted; download it again.")]
+    Truncated { file: String, key: String, needed: u64, actual: u64 },
+
+    #[error("{file}: tensor `{key}` has {actual_bytes} bytes in the header's offsets but {dtype} x {shape} needs {expected_bytes}. The file is damaged.")]
+    BadTensorSize { file: String, key: String, dtype: String, shape: Shape, expected_bytes: u64, actual_bytes: u64 },
+
+    #[error("{file}: {} missing key(s) for {model}: {}. Is this the right file for this model folder (or a different architecture/config)?",
+        .missing.len(), list_keys(.missing))]
+    MissingKeys { file: String, model: String, missing: Vec<(String, Shape)> },
+
+    #[error("{file}: {} unexpected key(s) not used by {model}: {}. The file belongs to a different architecture or config.json does not match it.",
+        .unexpected.len(), list_names(.unexpected))]
+    UnexpectedKeys { file: String, model: String, unexpected: Vec<String> },
+
+    #[error("{file}: tensor `{key}` has shape {actual} but {model} (from its config.json) expects {expected}. The weights and config.json do not belong together.")]
+    ShapeMismatch { file: String, model: String, key: String, expected: Shape, actual: Shape },
+
+    #[error("{file}: tensor `{key}` has dtype {actual}; supported are F32, F16 and BF16. Convert the file (e.g. with diffusers' save_pretrained) to one of those.")]
+    UnsupportedDtype { file: String, key: String, actual: String },
+
+    #[error("no weights file in {dir}: tried {}. The folder must be in diffusers layout (e.g. text_encoder/model.safetensors).", .tried.join(", "))]
+    NoWeightsFile { dir: String, tried: Vec<String> },
+}
+
+fn list_keys(keys: &[(String, Shape)]) -> String {
+    let mut s: Vec<String> = keys.iter().take(8).map(|(k, sh)| format!("`{k}` {sh}")).collect();
+    if keys.len() > 8 {
+        s.push(format!("... and {} more", keys.len() - 8));
+    }
+    s.join(", ")
+}
+
+fn list_names(keys: &[String]) -> String {
+    let mut s: Vec<String> = keys.iter().take(8).map(|k| format!("`{k}`")).collect();
+    if keys.len() > 8 {
+        s.push(format!("... and {} more", keys.len() - 8));
+    }
+    s.join(", ")
+}
+
+/// Errors in a model folder's JSON configs.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {reason}. The model folder must be in diffusers layout.")]
+    Io { file: String, reason: String },
+    #[error("{file}: invalid config: {reason}.")]
+    Invalid { file: String, reason: String },
+}
+
+/// Errors in textual-inversion embedding files.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingError {
+    #[error("embedding file {file}: {reason}")]
+    Invalid { file: String, reason: String },
+    #[error("embedding file {file}: its vectors have width {file_width} but the loaded text encoder has width {model_width}. The embedding was trained for a different model family (SD 1.x uses 768, SD 2.x 1024).")]
+    WidthMismatch { file: String, file_width: usize, model_width: usize },
+    #[error("embedding file {file}: token `{token}` already exists in the tokenizer. Give it another name (`--embedding FILE=<name>`).")]
+    TokenExists { file: String, token: String },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// Errors about the compute device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("no GPU adapter available for wgpu ({reason}). Install a Vulkan/Metal driver, or use `--device cpu`.")]
+    NoAdapter { reason: String },
+    #[error("reading a result back from the device failed: {reason}")]
+    Readback { reason: String },
+}
+
+/// Any error of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Embedding(#[from] EmbeddingError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

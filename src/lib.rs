@@ -1,0 +1,21 @@
+//! pseudoword: Stable Diffusion personalization (textual inversion, SuppressEOT) that runs on
+//! the user's GPU, in the browser (burn + WebGPU, wasm) and natively (wgpu or CPU).
+//!
+//! Layout (see README): [`tokenizer`] CLIP BPE; [`weights`] streamed safetensors loading;
+//! [`models`] diffusers/transformers modules; [`pipeline`] prompt encoding; [`embedding_files`]
+//! textual-inversion files; [`native`] CLI-side helpers; `web` the wasm-bindgen surface.
+
+pub mod embedding_files;
+pub mod error;
+pub mod loader;
+pub mod models;
+pub mod pipeline;
+pub mod tokenizer;
+pub mod weights;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};

@@ -1,0 +1,27 @@
+//! Loading model components from any byte source (file natively, `Blob` in the browser):
+//! config JSON text + weights -> a module on a device. The native folder helpers are in
+//! [`crate::native`]; the browser ones in `crate::web`.
+
+use burn::tensor::Device;
+
+use crate::error::Error;
+use crate::models::{CLIPTextConfig, CLIPTextModel};
+use crate::weights::{ByteSource, SafetensorsHeader, load_params};
+
+/// Loads a `CLIPTextModel` from its `config.json` text and a safetensors source, tensor by
+/// tensor; `progress(done, total, key)` after each tensor.
+pub async fn load_text_encoder<S: ByteSource>(
+    config_json: &str,
+    config_file: &str,
+    weights: &S,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<CLIPTextModel, Error> {
+    let config = CLIPTextConfig::from_json(config_json, config_file)?;
+    let header = SafetensorsHeader::read(weights).await?;
+    let specs = CLIPTextModel::param_specs(&config);
+    let mut map = load_params(weights, &header, CLIPTextModel::NAME, &specs, device, progress).await?;
+    let model = CLIPTextModel::from_map(&config, &mut map);
+    debug_assert!(map.remaining().is_empty());
+    Ok(model)
+}

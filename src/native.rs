@@ -1,0 +1,102 @@
+//! Native (non-wasm) conveniences: devices, model folders and embedding files on disk.
+//! Futures here are driven with `pollster::block_on`: on native wgpu and the CPU backend
+//! nothing in them waits on anything but file reads.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::embedding_files::{TextualInversion, read_safetensors_embedding};
+use crate::error::{ConfigError, DeviceError, Error};
+use crate::loader::load_text_encoder;
+use crate::pipeline::PromptEncoder;
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{FileSource, find_weights_file};
+
+/// Which compute device to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// wgpu when an adapter exists, else the CPU.
+    Auto,
+    /// CPU backend (`flex`).
+    Cpu,
+    /// wgpu (Vulkan / Metal / DX12) GPU backend.
+    Wgpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            other => Err(format!("unknown device `{other}`: use cpu, wgpu or auto")),
+        }
+    }
+}
+
+/// Initializes wgpu and returns its device, or why it failed.
+pub fn init_wgpu() -> Result<Device, DeviceError> {
+    // wgpu may panic instead of erroring on exotic driver failures: report those too.
+    match std::panic::catch_unwind(|| Device::wgpu_options().init()) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(DeviceError::NoAdapter { reason: e.to_string() }),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(DeviceError::NoAdapter { reason: msg.unwrap_or_else(|| "wgpu initialisation panicked".into()) })
+        }
+    }
+}
+
+/// Resolves a [`DeviceChoice`]; `Auto` falls back to the CPU (saying so on stderr).
+pub fn select_device(choice: DeviceChoice) -> Result<(Device, &'static str), DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Device::flex(), "cpu")),
+        DeviceChoice::Wgpu => init_wgpu().map(|d| (d, "wgpu")),
+        DeviceChoice::Auto => match init_wgpu() {
+            Ok(d) => Ok((d, "wgpu")),
+            Err(e) => {
+                eprintln!("note: {e}; running on the CPU");
+                Ok((Device::flex(), "cpu"))
+            }
+        },
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Io { file: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Loads tokenizer + text encoder of a diffusers model folder (`tokenizer/`, `text_encoder/`).
+/// `variant` picks `model.<variant>.safetensors` (e.g. `fp16`).
+pub fn load_prompt_encoder(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
+    if !model_dir.is_dir() {
+        return Err(Error::Input(format!("model folder {} does not exist or is not a folder", model_dir.display())));
+    }
+    let tokenizer = ClipTokenizer::from_dir(&model_dir.join("tokenizer"))?;
+    let te_dir = model_dir.join("text_encoder");
+    let config_path = te_dir.join("config.json");
+    let config = read_text(&config_path)?;
+    let weights = FileSource::open(&find_weights_file(&te_dir, variant)?)?;
+    let model = pollster::block_on(load_text_encoder(&config, &config_path.display().to_string(), &weights, device, &mut |_, _, _| {}))?;
+    Ok(PromptEncoder::new(tokenizer, model))
+}
+
+/// Parses `PATH[=TOKEN]` as given to `--embedding`.
+pub fn parse_embedding_arg(arg: &str) -> (PathBuf, Option<String>) {
+    // A path may itself contain '='; only split when the part before it is an existing file.
+    if let Some((p, t)) = arg.rsplit_once('=') {
+        if Path::new(p).is_file() && !t.is_empty() {
+            return (PathBuf::from(p), Some(t.to_string()));
+        }
+    }
+    (PathBuf::from(arg), None)
+}
+
+/// Reads an embedding file from disk (formats: see [`crate::embedding_files`]).
+pub fn read_embedding_file(path: &Path, token: Option<&str>) -> Result<TextualInversion, Error> {
+    let source = FileSource::open(path)?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding");
+    Ok(pollster::block_on(read_safetensors_embedding(&source, token, stem))?)
+}

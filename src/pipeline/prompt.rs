@@ -1,0 +1,85 @@
+//! Prompt encoding as `StableDiffusionPipeline.encode_prompt` does it: `maybe_convert_prompt`
+//! (multi-vector textual inversion), tokenize padded/truncated to 77, text encoder.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::embedding_files::TextualInversion;
+use crate::error::{EmbeddingError, Error};
+use crate::models::{CLIPTextModel, CLIPTextOutput};
+use crate::tokenizer::{ClipTokenizer, TokenizerError};
+
+/// Tokenizer and text encoder of one model, kept in step (added tokens = added rows).
+pub struct PromptEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: CLIPTextModel,
+}
+
+/// A tokenized prompt.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Tokenized {
+    /// The prompt after `maybe_convert_prompt`.
+    pub converted_prompt: String,
+    /// `model_max_length` ids fed to the text encoder (BOS + at most 75 tokens + EOS, padded).
+    pub input_ids: Vec<u32>,
+    /// Token strings of `input_ids`.
+    pub tokens: Vec<String>,
+    /// All ids without truncation or padding.
+    pub ids: Vec<u32>,
+    /// True when the prompt had more tokens than fit (they are dropped, as diffusers does).
+    pub truncated: bool,
+}
+
+impl PromptEncoder {
+    pub fn new(tokenizer: ClipTokenizer, text_encoder: CLIPTextModel) -> Self {
+        Self { tokenizer, text_encoder }
+    }
+
+    /// Registers a textual-inversion embedding: its tokens in the tokenizer and its rows in the
+    /// token-embedding matrix. Returns the new token ids.
+    pub fn add_embedding(&mut self, file: &str, emb: &TextualInversion) -> Result<Vec<u32>, EmbeddingError> {
+        let width = self.text_encoder.hidden_size();
+        if emb.dim != width {
+            return Err(EmbeddingError::WidthMismatch { file: file.into(), file_width: emb.dim, model_width: width });
+        }
+        if self.tokenizer.len() != self.text_encoder.num_tokens() {
+            return Err(EmbeddingError::Invalid {
+                file: file.into(),
+                reason: format!(
+                    "the tokenizer has {} tokens but the text encoder {} rows; the model folder is inconsistent",
+                    self.tokenizer.len(),
+                    self.text_encoder.num_tokens()
+                ),
+            });
+        }
+        let tokens = emb.tokens();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let ids = self.tokenizer.add_tokens(&refs).map_err(|e| match e {
+            TokenizerError::TokenExists { token, .. } => EmbeddingError::TokenExists { file: file.into(), token },
+            other => EmbeddingError::Invalid { file: file.into(), reason: other.to_string() },
+        })?;
+        let rows = Tensor::<2>::from_data(TensorData::new(emb.vectors.clone(), [emb.n, emb.dim]), &self.text_encoder.device());
+        self.text_encoder.add_token_rows(rows);
+        Ok(ids)
+    }
+
+    /// Tokenizes like the pipeline: convert the prompt for multi-vector tokens, then pad/truncate.
+    pub fn tokenize(&self, prompt: &str) -> Tokenized {
+        let converted_prompt = self.tokenizer.maybe_convert_prompt(prompt);
+        let full = self.tokenizer.encode(&converted_prompt);
+        let padded = self.tokenizer.encode_padded(&converted_prompt);
+        let truncated = full.ids.len() > self.tokenizer.model_max_length();
+        Tokenized { converted_prompt, input_ids: padded.ids, tokens: padded.tokens, ids: full.ids, truncated }
+    }
+
+    /// Encodes prompts to `last_hidden_state` `[batch, 77, hidden]` (+ pooled and, on request,
+    /// every layer's hidden state).
+    pub fn encode(&self, prompts: &[&str], output_hidden_states: bool) -> Result<(Vec<Tokenized>, CLIPTextOutput), Error> {
+        if prompts.is_empty() {
+            return Err(Error::Input("no prompt given".into()));
+        }
+        let toks: Vec<Tokenized> = prompts.iter().map(|p| self.tokenize(p)).collect();
+        let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.input_ids.clone()).collect();
+        let out = self.text_encoder.forward(&ids, output_hidden_states);
+        Ok((toks, out))
+    }
+}

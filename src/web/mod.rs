@@ -1,0 +1,191 @@
+//! The wasm-bindgen surface loaded by `www/worker.js`: one [`Session`] object holding the
+//! tokenizer and text encoder on WebGPU. Weights are read tensor by tensor from `Blob` slices
+//! (the JS side downloads into Blobs, which the browser may keep on disk), so a large file
+//! never sits whole in wasm memory. Every readback is `into_data_async().await`.
+
+use std::cell::RefCell;
+
+use burn::tensor::Device;
+use js_sys::{Array, Float32Array, Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::Blob;
+
+use crate::error::{ConfigError, Error, WeightsError};
+use crate::loader::load_text_encoder;
+use crate::pipeline::PromptEncoder;
+use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::ByteSource;
+
+thread_local! {
+    /// The WebGPU device, initialised once per worker (burn's runtime cannot be re-initialised).
+    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// A `Blob` (or `File`) read by byte ranges.
+pub struct BlobSource {
+    name: String,
+    blob: Blob,
+}
+
+impl BlobSource {
+    pub fn new(name: impl Into<String>, blob: Blob) -> Self {
+        Self { name: name.into(), blob }
+    }
+}
+
+impl ByteSource for BlobSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.blob.size() as u64
+    }
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, WeightsError> {
+        let io = |e: JsValue| WeightsError::Io { file: self.name.clone(), reason: format!("{e:?}") };
+        let slice = self.blob.slice_with_f64_and_f64(offset as f64, (offset + len as u64) as f64).map_err(io)?;
+        let buf = JsFuture::from(slice.array_buffer()).await.map_err(io)?;
+        let bytes = js_sys::Uint8Array::new(&buf).to_vec();
+        if bytes.len() != len {
+            return Err(WeightsError::Io { file: self.name.clone(), reason: format!("short read: {} of {len} bytes at {offset}", bytes.len()) });
+        }
+        Ok(bytes)
+    }
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+async fn device() -> Result<Device, JsValue> {
+    if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
+        return Ok(d);
+    }
+    let d = Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| js_err(format!("WebGPU initialisation failed: {e}. Use a browser with WebGPU enabled (Chrome/Edge 113+).")))?;
+    DEVICE.with(|slot| *slot.borrow_mut() = Some(d.clone()));
+    Ok(d)
+}
+
+fn get_blob(files: &Object, key: &str) -> Option<Blob> {
+    Reflect::get(files, &JsValue::from_str(key)).ok().and_then(|v| v.dyn_into::<Blob>().ok())
+}
+
+async fn blob_text(files: &Object, key: &str, required: bool) -> Result<Option<String>, JsValue> {
+    let Some(blob) = get_blob(files, key) else {
+        return if required {
+            Err(js_err(ConfigError::Io { file: key.into(), reason: "missing from the model folder".into() }))
+        } else {
+            Ok(None)
+        };
+    };
+    let text = JsFuture::from(blob.text()).await?;
+    Ok(text.as_string())
+}
+
+fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
+    let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
+}
+
+/// One loaded model (text side for now) on the WebGPU device.
+#[wasm_bindgen]
+pub struct Session {
+    encoder: PromptEncoder,
+    info: serde_json::Value,
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// Loads the tokenizer and text encoder from `files`: an object mapping paths relative to the
+    /// model folder (`tokenizer/vocab.json`, `text_encoder/model.safetensors`, ...) to Blobs.
+    /// `on_progress({stage, loaded, total, key})` is called after each tensor.
+    pub async fn load(files: Object, on_progress: Function) -> Result<Session, JsValue> {
+        let t0 = js_sys::Date::now();
+        let device = device().await?;
+        let tok_files = TokenizerFiles {
+            vocab_json: blob_text(&files, "tokenizer/vocab.json", true).await?.unwrap_or_default(),
+            merges_txt: blob_text(&files, "tokenizer/merges.txt", true).await?.unwrap_or_default(),
+            tokenizer_config_json: blob_text(&files, "tokenizer/tokenizer_config.json", false).await?,
+            special_tokens_map_json: blob_text(&files, "tokenizer/special_tokens_map.json", false).await?,
+        };
+        let tokenizer = ClipTokenizer::from_files(&tok_files).map_err(js_err)?;
+        let config = blob_text(&files, "text_encoder/config.json", true).await?.unwrap_or_default();
+        let candidates = ["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"];
+        let (weights_key, blob) = candidates
+            .iter()
+            .find_map(|k| get_blob(&files, k).map(|b| (*k, b)))
+            .ok_or_else(|| js_err(WeightsError::NoWeightsFile { dir: "text_encoder/".into(), tried: candidates.iter().map(|s| s.to_string()).collect() }))?;
+        let source = BlobSource::new(weights_key, blob);
+        let header = crate::weights::SafetensorsHeader::read(&source).await.map_err(js_err)?;
+        let dtype = header.tensors.values().next().map(|e| e.dtype_name.clone()).unwrap_or_default();
+        let mut progress = |done: usize, total: usize, key: &str| {
+            let o = Object::new();
+            set(&o, "stage", "weights");
+            set(&o, "loaded", done as f64);
+            set(&o, "total", total as f64);
+            set(&o, "key", key);
+            let _ = on_progress.call1(&JsValue::NULL, &o);
+        };
+        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, &mut progress)
+            .await
+            .map_err(|e: Error| js_err(e))?;
+        let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
+        let info = serde_json::json!({
+            "backend": "webgpu (burn wgpu)",
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers,
+            "num_heads": cfg.num_attention_heads,
+            "vocab_size": cfg.vocab_size,
+            "hidden_act": cfg.hidden_act,
+            "weights_file": weights_key,
+            "weights_dtype": dtype,
+            "load_ms": js_sys::Date::now() - t0,
+        });
+        Ok(Session { encoder: PromptEncoder::new(tokenizer, model), info })
+    }
+
+    /// `{backend, hidden_size, num_layers, num_heads, vocab_size, hidden_act, weights_file,
+    /// weights_dtype, load_ms}`
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        self.info.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+    }
+
+    /// `{input_ids: number[77], ids: number[], tokens: string[], converted_prompt, truncated}`
+    pub fn tokenize(&self, prompt: &str) -> Result<JsValue, JsValue> {
+        self.encoder.tokenize(prompt).serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+    }
+
+    /// Encodes `prompt`: `{input_ids, tokens, shape: [1,77,D], data: Float32Array, millis, min,
+    /// max, mean, std}` (`data` = `last_hidden_state` flattened).
+    pub async fn encode(&self, prompt: &str) -> Result<JsValue, JsValue> {
+        let t0 = js_sys::Date::now();
+        let (toks, out) = self.encoder.encode(&[prompt], false).map_err(js_err)?;
+        let dims = out.last_hidden_state.dims();
+        let data = out.last_hidden_state.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
+        let values: Vec<f32> = data.convert::<f32>().into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let (min, max) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let o = Object::new();
+        set(&o, "input_ids", toks[0].input_ids.iter().map(|&i| JsValue::from(i)).collect::<Array>());
+        set(&o, "tokens", toks[0].tokens.iter().map(|t| JsValue::from_str(t)).collect::<Array>());
+        set(&o, "shape", dims.iter().map(|&d| JsValue::from(d as u32)).collect::<Array>());
+        set(&o, "data", Float32Array::from(values.as_slice()));
+        set(&o, "millis", js_sys::Date::now() - t0);
+        set(&o, "min", min as f64);
+        set(&o, "max", max as f64);
+        set(&o, "mean", mean);
+        set(&o, "std", var.sqrt());
+        Ok(o.into())
+    }
+}
+
+use serde::Serialize as _;

@@ -1,0 +1,139 @@
+//! Matching a file's tensors to the parameters a model expects, then uploading them one by one.
+
+use std::collections::{HashMap, HashSet};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::header::{SafetensorsHeader, TensorEntry, WeightDtype};
+use super::keys::canonical_key;
+use super::source::ByteSource;
+use crate::error::{Shape, WeightsError};
+
+/// A parameter a model expects: canonical key and shape (PyTorch layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub key: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamSpec {
+    pub fn new(key: impl Into<String>, shape: &[usize]) -> Self {
+        Self { key: key.into(), shape: shape.to_vec() }
+    }
+}
+
+/// Device tensors by canonical key, stored flat (`[numel]`) and reshaped when a module takes them.
+pub struct TensorMap {
+    pub file: String,
+    tensors: HashMap<String, (Tensor<1>, Vec<usize>)>,
+}
+
+impl TensorMap {
+    /// Takes the tensor `key` as rank `D`. The loader has already checked every key and shape,
+    /// so a failure here is a bug in a model's `param_specs`.
+    pub fn take<const D: usize>(&mut self, key: &str) -> Tensor<D> {
+        let (t, shape) = self
+            .tensors
+            .remove(key)
+            .unwrap_or_else(|| panic!("parameter `{key}` was not declared in param_specs"));
+        let dims: [usize; D] = shape.clone().try_into().unwrap_or_else(|_| panic!("`{key}` has rank {}, taken as {D}", shape.len()));
+        t.reshape(dims)
+    }
+
+    /// Keys not taken yet (should be empty after a module is built).
+    pub fn remaining(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// Converts raw little-endian bytes of `dtype` to f32.
+fn to_f32(bytes: &[u8], dtype: WeightDtype) -> Vec<f32> {
+    match dtype {
+        WeightDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        WeightDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        WeightDtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    }
+}
+
+/// Reads one tensor's values to host memory as f32 (small tensors: embeddings, test data).
+pub async fn read_tensor_f32<S: ByteSource>(source: &S, entry: &TensorEntry) -> Result<Vec<f32>, WeightsError> {
+    let dtype = entry.dtype.ok_or_else(|| WeightsError::UnsupportedDtype {
+        file: source.name().to_string(),
+        key: entry.name.clone(),
+        actual: entry.dtype_name.clone(),
+    })?;
+    let bytes = source.read(entry.start, entry.len as usize).await?;
+    Ok(to_f32(&bytes, dtype))
+}
+
+/// Loads the parameters `specs` of `model` (a type name, for key rules and messages) from
+/// `source`: checks that every expected key exists with the expected shape and a float dtype,
+/// that the file has no unexpected keys, then reads and uploads the tensors one at a time in file
+/// order. `progress(done, total, key)` is called after each tensor.
+pub async fn load_params<S: ByteSource>(
+    source: &S,
+    header: &SafetensorsHeader,
+    model: &str,
+    specs: &[ParamSpec],
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<TensorMap, WeightsError> {
+    let file = header.file.clone();
+    // canonical key -> file entry
+    let mut by_key: HashMap<String, &TensorEntry> = HashMap::new();
+    for entry in header.tensors.values() {
+        if let Some(k) = canonical_key(model, &entry.name) {
+            by_key.insert(k, entry);
+        }
+    }
+    let expected: HashSet<&str> = specs.iter().map(|s| s.key.as_str()).collect();
+    let missing: Vec<(String, Shape)> = specs
+        .iter()
+        .filter(|s| !by_key.contains_key(&s.key))
+        .map(|s| (s.key.clone(), Shape(s.shape.clone())))
+        .collect();
+    if !missing.is_empty() {
+        return Err(WeightsError::MissingKeys { file, model: model.into(), missing });
+    }
+    let mut unexpected: Vec<String> = by_key
+        .iter()
+        .filter(|(k, _)| !expected.contains(k.as_str()))
+        .map(|(_, e)| e.name.clone())
+        .collect();
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        return Err(WeightsError::UnexpectedKeys { file, model: model.into(), unexpected });
+    }
+    let mut plan: Vec<(&ParamSpec, &TensorEntry, WeightDtype)> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let entry = by_key[&spec.key];
+        if entry.shape != spec.shape {
+            return Err(WeightsError::ShapeMismatch {
+                file,
+                model: model.into(),
+                key: entry.name.clone(),
+                expected: Shape(spec.shape.clone()),
+                actual: Shape(entry.shape.clone()),
+            });
+        }
+        let dtype = entry.dtype.ok_or_else(|| WeightsError::UnsupportedDtype {
+            file: file.clone(),
+            key: entry.name.clone(),
+            actual: entry.dtype_name.clone(),
+        })?;
+        plan.push((spec, entry, dtype));
+    }
+    plan.sort_by_key(|(_, e, _)| e.start);
+    let total = plan.len();
+    let mut tensors = HashMap::with_capacity(total);
+    for (i, (spec, entry, dtype)) in plan.into_iter().enumerate() {
+        let bytes = source.read(entry.start, entry.len as usize).await?;
+        let values = to_f32(&bytes, dtype);
+        drop(bytes);
+        let n = values.len();
+        let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+        tensors.insert(spec.key.clone(), (t, spec.shape.clone()));
+        progress(i + 1, total, &spec.key);
+    }
+    Ok(TensorMap { file, tensors })
+}
