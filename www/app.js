@@ -414,7 +414,7 @@ async function onEncode(event) {
     api.seq += 1;
     fillKv($("encode-summary"), [
       ["prompt", JSON.stringify(prompt)],
-      ["shape", `[${result.shape.join(", ")}]`],
+      ["shape", `[${(result.shape || []).join(", ")}]`],
       ["min", fmtNum(result.min)],
       ["max", fmtNum(result.max)],
       ["mean", fmtNum(result.mean)],
@@ -444,7 +444,9 @@ function scheduleTokenCount() {
     try {
       const { result } = await request("tokenize", { prompt: $("prompt").value });
       const n = (result.ids || []).length;
-      $("token-count").textContent = `${n} token${n === 1 ? "" : "s"}; the text encoder sees 77 ids (BOS, up to 75 tokens, EOS/padding).`;
+      const cut = result.truncated ? " (longer than 75: the rest is cut off)" : "";
+      $("token-count").textContent =
+        `${n} token${n === 1 ? "" : "s"}${cut}; the text encoder sees 77 ids (BOS, up to 75 tokens, EOS/padding).`;
     } catch {
       $("token-count").textContent = "";
     }

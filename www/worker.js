@@ -237,7 +237,13 @@ async function encode({ id, prompt }) {
   const r = plain(await s.encode(String(prompt ?? "")));
   // Copy into a buffer we own (the original may view wasm memory) and transfer it.
   const data = Float32Array.from(r.data ?? []);
-  const result = { ...r, input_ids: Array.from(r.input_ids ?? [], Number), data };
+  const result = {
+    ...r,
+    input_ids: Array.from(r.input_ids ?? [], Number),
+    shape: Array.from(r.shape ?? [], Number),
+    tokens: Array.from(r.tokens ?? [], String),
+    data,
+  };
   postMessage({ id, status: "result", command: "encode", result }, [data.buffer]);
 }
 

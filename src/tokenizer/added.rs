@@ -27,7 +27,14 @@ pub struct AddedToken {
 impl AddedToken {
     /// A token with tokenizers' defaults: special tokens are not normalised, others are.
     pub fn new(content: impl Into<String>, special: bool) -> Self {
-        Self { content: content.into(), single_word: false, lstrip: false, rstrip: false, normalized: !special, special }
+        Self {
+            content: content.into(),
+            single_word: false,
+            lstrip: false,
+            rstrip: false,
+            normalized: !special,
+            special,
+        }
     }
 }
 
@@ -41,7 +48,9 @@ pub(crate) struct MatchSet {
 impl MatchSet {
     /// Adds a pattern for token `index` (into the token list given to `find`) with `id`.
     pub(crate) fn insert(&mut self, pattern: String, id: u32, index: usize) {
-        let Some(first) = pattern.chars().next() else { return };
+        let Some(first) = pattern.chars().next() else {
+            return;
+        };
         let list = self.by_first.entry(first).or_default();
         // Keep the first registration of an identical pattern (aho-corasick reports the lowest
         // pattern index among equal matches).
@@ -49,7 +58,7 @@ impl MatchSet {
             return;
         }
         list.push((pattern, id, index));
-        list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        list.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.len()));
     }
 
     fn is_empty(&self) -> bool {
@@ -62,7 +71,10 @@ impl MatchSet {
         let mut pos = 0;
         while pos < text.len() {
             let rest = &text[pos..];
-            let c = rest.chars().next().expect("pos is a char boundary below len");
+            let c = rest
+                .chars()
+                .next()
+                .expect("pos is a char boundary below len");
             let hit = self
                 .by_first
                 .get(&c)
@@ -111,7 +123,12 @@ pub(crate) enum Piece<'a> {
 
 /// Splits `text` on the matches of `set` (tokenizers' `AddedVocabulary::find_matches`).
 /// `tokens` is indexed by the token index stored in `set`.
-pub(crate) fn split<'a>(text: &'a str, set: &MatchSet, tokens: &[AddedToken], rules: &StripRules) -> Vec<Piece<'a>> {
+pub(crate) fn split<'a>(
+    text: &'a str,
+    set: &MatchSet,
+    tokens: &[AddedToken],
+    rules: &StripRules,
+) -> Vec<Piece<'a>> {
     if set.is_empty() {
         return vec![Piece::Text(text)];
     }
@@ -127,11 +144,17 @@ pub(crate) fn split<'a>(text: &'a str, set: &MatchSet, tokens: &[AddedToken], ru
             }
         }
         if token.lstrip {
-            let new_start = rules.trailing_space.find(&text[..start]).map_or(start, |m| m.start());
+            let new_start = rules
+                .trailing_space
+                .find(&text[..start])
+                .map_or(start, |m| m.start());
             start = new_start.max(offset);
         }
         if token.rstrip {
-            stop += rules.leading_space.find(&text[stop..]).map_or(0, |m| m.end());
+            stop += rules
+                .leading_space
+                .find(&text[stop..])
+                .map_or(0, |m| m.end());
         }
         if offset < start {
             pieces.push(Piece::Text(&text[offset..start]));
@@ -151,13 +174,24 @@ mod tests {
 
     #[test]
     fn leftmost_longest_anywhere() {
-        let tokens = vec![AddedToken::new("<c>", false), AddedToken::new("<c>_1", false)];
+        let tokens = vec![
+            AddedToken::new("<c>", false),
+            AddedToken::new("<c>_1", false),
+        ];
         let mut set = MatchSet::default();
         set.insert("<c>".into(), 10, 0);
         set.insert("<c>_1".into(), 11, 1);
         let rules = StripRules::new();
         let got = split("x<c>_1y<c>", &set, &tokens, &rules);
-        assert_eq!(got, [Piece::Text("x"), Piece::Token(11, "<c>_1"), Piece::Text("y"), Piece::Token(10, "<c>")]);
+        assert_eq!(
+            got,
+            [
+                Piece::Text("x"),
+                Piece::Token(11, "<c>_1"),
+                Piece::Text("y"),
+                Piece::Token(10, "<c>")
+            ]
+        );
     }
 
     #[test]
@@ -171,6 +205,13 @@ mod tests {
         set.insert("<m>".into(), 5, 0);
         let rules = StripRules::new();
         let got = split("a<m> hi <m> x", &set, &tokens, &rules);
-        assert_eq!(got, [Piece::Text("a<m> hi"), Piece::Token(5, " <m> "), Piece::Text("x")]);
+        assert_eq!(
+            got,
+            [
+                Piece::Text("a<m> hi"),
+                Piece::Token(5, " <m> "),
+                Piece::Text("x")
+            ]
+        );
     }
 }

@@ -35,11 +35,12 @@ const NONE: usize = usize::MAX;
 impl Bpe {
     /// Parses `vocab.json` (an object token -> id) and `merges.txt`.
     pub(crate) fn from_strings(vocab_json: &str, merges_txt: &str) -> Result<Self, TokenizerError> {
-        let vocab: HashMap<String, u32> = serde_json::from_str(vocab_json).map_err(|source| TokenizerError::Json {
-            file: "vocab.json",
-            expected: "a JSON object mapping token strings to integer ids",
-            source,
-        })?;
+        let vocab: HashMap<String, u32> =
+            serde_json::from_str(vocab_json).map_err(|source| TokenizerError::Json {
+                file: "vocab.json",
+                expected: "a JSON object mapping token strings to integer ids",
+                source,
+            })?;
         let vocab_r = vocab.iter().map(|(k, v)| (*v, k.clone())).collect();
         let mut merges = HashMap::with_capacity(vocab.len());
         let mut rank = 0u32;
@@ -51,13 +52,25 @@ impl Bpe {
             }
             let mut parts = line.split(' ');
             let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(TokenizerError::BadMerge { line: line_no, content: line.to_string() });
+                return Err(TokenizerError::BadMerge {
+                    line: line_no,
+                    content: line.to_string(),
+                });
             };
             if a.is_empty() || b.is_empty() {
-                return Err(TokenizerError::BadMerge { line: line_no, content: line.to_string() });
+                return Err(TokenizerError::BadMerge {
+                    line: line_no,
+                    content: line.to_string(),
+                });
             }
             let lookup = |t: &str| {
-                vocab.get(t).copied().ok_or_else(|| TokenizerError::MergeOutOfVocab { line: line_no, token: t.to_string() })
+                vocab
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| TokenizerError::MergeOutOfVocab {
+                        line: line_no,
+                        token: t.to_string(),
+                    })
             };
             let a_id = lookup(a)?;
             let b_id = lookup(b)?;
@@ -66,7 +79,12 @@ impl Bpe {
             merges.insert((a_id, b_id), (rank, new_id));
             rank += 1;
         }
-        Ok(Self { vocab, vocab_r, merges, unk_id: None })
+        Ok(Self {
+            vocab,
+            vocab_r,
+            merges,
+            unk_id: None,
+        })
     }
 
     /// Sets the id used for characters that are not in the vocab.
@@ -97,7 +115,12 @@ impl Bpe {
                 },
             };
             let pos = symbols.len();
-            symbols.push(Symbol { id, prev: pos.wrapping_sub(1), next: pos + 1, alive: true });
+            symbols.push(Symbol {
+                id,
+                prev: pos.wrapping_sub(1),
+                next: pos + 1,
+                alive: true,
+            });
         }
         if let Some(last) = symbols.last_mut() {
             last.next = NONE;
@@ -106,9 +129,11 @@ impl Bpe {
             first.prev = NONE;
         }
 
-        let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::with_capacity(symbols.len());
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> =
+            BinaryHeap::with_capacity(symbols.len());
         for pos in 0..symbols.len().saturating_sub(1) {
-            if let Some(&(rank, new_id)) = self.merges.get(&(symbols[pos].id, symbols[pos + 1].id)) {
+            if let Some(&(rank, new_id)) = self.merges.get(&(symbols[pos].id, symbols[pos + 1].id))
+            {
                 heap.push(Reverse((rank, pos, new_id)));
             }
         }
@@ -130,15 +155,15 @@ impl Bpe {
             if after != NONE {
                 symbols[after].prev = pos;
             }
-            if left.prev != NONE {
-                if let Some(&(rank, id)) = self.merges.get(&(symbols[left.prev].id, new_id)) {
-                    heap.push(Reverse((rank, left.prev, id)));
-                }
+            if left.prev != NONE
+                && let Some(&(rank, id)) = self.merges.get(&(symbols[left.prev].id, new_id))
+            {
+                heap.push(Reverse((rank, left.prev, id)));
             }
-            if after != NONE {
-                if let Some(&(rank, id)) = self.merges.get(&(new_id, symbols[after].id)) {
-                    heap.push(Reverse((rank, pos, id)));
-                }
+            if after != NONE
+                && let Some(&(rank, id)) = self.merges.get(&(new_id, symbols[after].id))
+            {
+                heap.push(Reverse((rank, pos, id)));
             }
         }
         out.extend(symbols.iter().filter(|s| s.alive).map(|s| {
@@ -176,6 +201,9 @@ mod tests {
     #[test]
     fn bad_merge_line_is_reported() {
         let err = Bpe::from_strings(r#"{"a":0}"#, "#version: 0.2\na\n").unwrap_err();
-        assert!(matches!(err, TokenizerError::BadMerge { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, TokenizerError::BadMerge { line: 2, .. }),
+            "{err}"
+        );
     }
 }

@@ -43,12 +43,17 @@ fn read(dir: &Path, name: &str, required: bool) -> Result<Option<String>, Tokeni
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if required {
-                Err(TokenizerError::MissingFile { path: path.display().to_string() })
+                Err(TokenizerError::MissingFile {
+                    path: path.display().to_string(),
+                })
             } else {
                 Ok(None)
             }
         }
-        Err(source) => Err(TokenizerError::Io { path: path.display().to_string(), source }),
+        Err(source) => Err(TokenizerError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 
@@ -72,25 +77,46 @@ pub(crate) struct Config {
     pub(crate) added_tokens_decoder: Vec<(u32, AddedToken)>,
 }
 
-fn parse_object(text: Option<&str>, file: &'static str) -> Result<Map<String, Value>, TokenizerError> {
-    let Some(text) = text else { return Ok(Map::new()) };
-    serde_json::from_str(text).map_err(|source| TokenizerError::Json { file, expected: "a JSON object", source })
+fn parse_object(
+    text: Option<&str>,
+    file: &'static str,
+) -> Result<Map<String, Value>, TokenizerError> {
+    let Some(text) = text else {
+        return Ok(Map::new());
+    };
+    serde_json::from_str(text).map_err(|source| TokenizerError::Json {
+        file,
+        expected: "a JSON object",
+        source,
+    })
 }
 
 /// A special token value: a plain string, or an `AddedToken` object `{"content": ..., flags}`.
 /// `null` (or absence) gives `None`.
-fn token_value(value: &Value, file: &'static str, field: &str, special: bool) -> Result<Option<AddedToken>, TokenizerError> {
+fn token_value(
+    value: &Value,
+    file: &'static str,
+    field: &str,
+    special: bool,
+) -> Result<Option<AddedToken>, TokenizerError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(AddedToken::new(s.clone(), special))),
         Value::Object(obj) => {
-            let content = obj.get("content").and_then(Value::as_str).ok_or_else(|| TokenizerError::InvalidConfig {
-                file,
-                field: field.to_string(),
-                reason: "an AddedToken object needs a string \"content\"".to_string(),
+            let content = obj.get("content").and_then(Value::as_str).ok_or_else(|| {
+                TokenizerError::InvalidConfig {
+                    file,
+                    field: field.to_string(),
+                    reason: "an AddedToken object needs a string \"content\"".to_string(),
+                }
             })?;
-            let special = obj.get("special").and_then(Value::as_bool).unwrap_or(special);
-            let flag = |name: &str, default: bool| obj.get(name).and_then(Value::as_bool).unwrap_or(default);
+            let special = obj
+                .get("special")
+                .and_then(Value::as_bool)
+                .unwrap_or(special);
+            let flag = |name: &str, default: bool| {
+                obj.get(name).and_then(Value::as_bool).unwrap_or(default)
+            };
             Ok(Some(AddedToken {
                 content: content.to_string(),
                 single_word: flag("single_word", false),
@@ -117,13 +143,11 @@ impl Config {
         let map = parse_object(files.special_tokens_map_json.as_deref(), MAP)?;
 
         let special = |field: &str, default: &str| -> Result<AddedToken, TokenizerError> {
-            if let Some(v) = map.get(field) {
-                if let Some(t) = token_value(v, MAP, field, true)? {
-                    return Ok(t);
-                }
-            }
-            if let Some(v) = cfg.get(field) {
-                if let Some(t) = token_value(v, CFG, field, true)? {
+            // A missing or null entry falls through to the next source.
+            for (file, source) in [(MAP, &map), (CFG, &cfg)] {
+                if let Some(v) = source.get(field)
+                    && let Some(t) = token_value(v, file, field, true)?
+                {
                     return Ok(t);
                 }
             }
@@ -135,7 +159,10 @@ impl Config {
         let pad = special("pad_token", "<|endoftext|>")?;
 
         let mut additional_special = Vec::new();
-        let (file, list) = match (map.get("additional_special_tokens"), cfg.get("additional_special_tokens")) {
+        let (file, list) = match (
+            map.get("additional_special_tokens"),
+            cfg.get("additional_special_tokens"),
+        ) {
             (Some(v), _) => (MAP, Some(v)),
             (None, v) => (CFG, v),
         };
@@ -185,11 +212,23 @@ impl Config {
         added_tokens_decoder.sort_by_key(|(id, _)| *id);
 
         let model_max_length = match cfg.get("model_max_length").and_then(Value::as_f64) {
-            Some(n) if n >= 2.0 && n <= MAX_SANE_MAX_LENGTH => n as usize,
+            Some(n) if (2.0..=MAX_SANE_MAX_LENGTH).contains(&n) => n as usize,
             _ => DEFAULT_MAX_LENGTH,
         };
-        let do_lower_case = cfg.get("do_lower_case").and_then(Value::as_bool).unwrap_or(true);
+        let do_lower_case = cfg
+            .get("do_lower_case")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
 
-        Ok(Self { model_max_length, do_lower_case, bos, eos, unk, pad, additional_special, added_tokens_decoder })
+        Ok(Self {
+            model_max_length,
+            do_lower_case,
+            bos,
+            eos,
+            unk,
+            pad,
+            additional_special,
+            added_tokens_decoder,
+        })
     }
 }

@@ -93,13 +93,17 @@ impl ClipTokenizer {
         for (id, token) in &config.added_tokens_decoder {
             tok.register(token.clone(), Some(*id));
         }
-        let mut special = |role: &'static str, token: &AddedToken| -> Result<(u32, String), TokenizerError> {
-            if tok.token_to_id(&token.content).is_none() {
-                return Err(TokenizerError::SpecialTokenNotInVocab { role, token: token.content.clone() });
-            }
-            let id = tok.register(token.clone(), None);
-            Ok((id, token.content.clone()))
-        };
+        let mut special =
+            |role: &'static str, token: &AddedToken| -> Result<(u32, String), TokenizerError> {
+                if tok.token_to_id(&token.content).is_none() {
+                    return Err(TokenizerError::SpecialTokenNotInVocab {
+                        role,
+                        token: token.content.clone(),
+                    });
+                }
+                let id = tok.register(token.clone(), None);
+                Ok((id, token.content.clone()))
+            };
         let bos = special("bos", &config.bos)?;
         let eos = special("eos", &config.eos)?;
         let unk = special("unk", &config.unk)?;
@@ -135,10 +139,13 @@ impl ClipTokenizer {
         if let Some(&existing) = self.added_ids.get(&token.content) {
             return existing;
         }
-        let id = id.or_else(|| self.token_to_id(&token.content)).unwrap_or_else(|| self.next_id());
+        let id = id
+            .or_else(|| self.token_to_id(&token.content))
+            .unwrap_or_else(|| self.next_id());
         let index = self.added.len();
         if token.normalized {
-            self.norm_set.insert(self.text.normalize(&token.content), id, index);
+            self.norm_set
+                .insert(self.text.normalize(&token.content), id, index);
         } else {
             self.raw_set.insert(token.content.clone(), id, index);
         }
@@ -156,7 +163,8 @@ impl ClipTokenizer {
                 Piece::Token(id, text) => pairs.push((id, text.to_string())),
                 Piece::Text(text) => {
                     let normalized = self.text.normalize(text);
-                    for piece in added::split(&normalized, &self.norm_set, &self.added, &self.rules) {
+                    for piece in added::split(&normalized, &self.norm_set, &self.added, &self.rules)
+                    {
                         match piece {
                             Piece::Token(id, text) => pairs.push((id, text.to_string())),
                             Piece::Text(text) => {
@@ -216,13 +224,21 @@ impl ClipTokenizer {
                 return Err(TokenizerError::EmptyToken);
             }
             if let Some(id) = self.token_to_id(token) {
-                return Err(TokenizerError::TokenExists { token: token.to_string(), id });
+                return Err(TokenizerError::TokenExists {
+                    token: token.to_string(),
+                    id,
+                });
             }
             if !seen.insert(token) {
-                return Err(TokenizerError::DuplicateToken { token: token.to_string() });
+                return Err(TokenizerError::DuplicateToken {
+                    token: token.to_string(),
+                });
             }
         }
-        Ok(tokens.iter().map(|&t| self.register(AddedToken::new(t, false), None)).collect())
+        Ok(tokens
+            .iter()
+            .map(|&t| self.register(AddedToken::new(t, false), None))
+            .collect())
     }
 
     /// diffusers' `TextualInversionLoaderMixin.maybe_convert_prompt`: for every distinct added
@@ -256,7 +272,10 @@ impl ClipTokenizer {
 
     /// Id of a token string (added tokens first, then the BPE vocab).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.added_ids.get(token).or_else(|| self.bpe.vocab.get(token)).copied()
+        self.added_ids
+            .get(token)
+            .or_else(|| self.bpe.vocab.get(token))
+            .copied()
     }
 
     /// Token string of an id (added tokens first, then the BPE vocab).
@@ -269,7 +288,12 @@ impl ClipTokenizer {
 
     /// Number of distinct tokens: BPE vocab plus added tokens not already in it (`len(tokenizer)`).
     pub fn len(&self) -> usize {
-        self.bpe.vocab.len() + self.added.iter().filter(|t| !self.bpe.vocab.contains_key(&t.content)).count()
+        self.bpe.vocab.len()
+            + self
+                .added
+                .iter()
+                .filter(|t| !self.bpe.vocab.contains_key(&t.content))
+                .count()
     }
 
     /// Always false for a loaded tokenizer (kept for API symmetry with `len`).

@@ -26,7 +26,12 @@ impl TextPipeline {
         let whitespace = Regex::new(r"\s+").expect("static whitespace regex compiles");
         let pieces = Regex::new(CLIP_PATTERN).expect("static CLIP regex compiles");
         let byte_chars = bytes_to_unicode().iter().map(|c| c.to_string()).collect();
-        Self { whitespace, pieces, lowercase, byte_chars }
+        Self {
+            whitespace,
+            pieces,
+            lowercase,
+            byte_chars,
+        }
     }
 
     /// NFC, every Unicode whitespace run (Unicode `White_Space`, like Oniguruma's `\s`) to one
@@ -47,7 +52,10 @@ impl TextPipeline {
     /// GPT-2's ByteLevel regex, which tokenizers applies after the CLIP split, never splits a
     /// CLIP piece further (pieces hold no whitespace and are a single class run or a contraction),
     /// so it is not run.
-    pub(crate) fn pre_tokenize<'a>(&'a self, normalized: &'a str) -> impl Iterator<Item = String> + 'a {
+    pub(crate) fn pre_tokenize<'a>(
+        &'a self,
+        normalized: &'a str,
+    ) -> impl Iterator<Item = String> + 'a {
         self.pieces.find_iter(normalized).map(move |m| {
             let mut out = String::with_capacity(m.as_str().len() * 2);
             for b in m.as_str().bytes() {
@@ -61,7 +69,9 @@ impl TextPipeline {
 /// GPT-2 `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other 68 bytes to
 /// U+0100.. in byte order. Index = byte value.
 pub(crate) fn bytes_to_unicode() -> [char; 256] {
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {

@@ -141,15 +141,11 @@ async function launch(label, args) {
   context.on("request", (r) => requests.push(r.url()));
   const page = context.pages()[0] || (await context.newPage());
   const tag = `[${label}]`;
+  // Chromium reports the dedicated worker's console here too (no separate worker listener).
   page.on("console", (msg) => {
     if (msg.type() === "error") console.log(`${tag} console.error: ${msg.text()}`);
   });
   page.on("pageerror", (err) => console.log(`${tag} pageerror: ${err.message}`));
-  page.on("worker", (w) => {
-    w.on("console", (msg) => {
-      if (msg.type() === "error") console.log(`${tag} worker console.error: ${msg.text()}`);
-    });
-  });
   return { context, page };
 }
 
@@ -291,7 +287,7 @@ async function main() {
           const last = await encode(main.page, prompts[i]);
           const err = checkAgainstGolden(last, row(ids, i), row(hidden, i), `prompt ${i}`);
           errs.push(err);
-          console.log(`      prompt ${i}: max|err|=${err.toExponential(3)} ${last.millis.toFixed(0)} ms ${JSON.stringify(prompts[i].slice(0, 40))}`);
+          console.log(`      prompt ${i}: max|err|=${err.toExponential(3)} ${Number(last.millis).toFixed(0)} ms ${JSON.stringify(prompts[i].slice(0, 40))}`);
         }
         await shot(main.page, "ii-encode-fp32");
         return `backend=${info.backend} load=${seconds.toFixed(1)} s max|err| over ${errs.length} prompts = ${Math.max(...errs).toExponential(3)} (tol ${TOLERANCE})`;
