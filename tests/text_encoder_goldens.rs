@@ -9,7 +9,7 @@ use common::*;
 use pseudoword::native::{load_prompt_encoder, read_embedding_file};
 
 fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 fn golden_prompts(g: &GoldenFile) -> Vec<String> {

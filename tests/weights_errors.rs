@@ -140,7 +140,7 @@ fn missing_weights_file_lists_what_was_tried() {
 fn encode_last(root: &Path) -> Vec<f32> {
     let enc = load_prompt_encoder(root, None, &Device::flex()).unwrap();
     let (_, out) = enc.encode(&["a photo of a cat"], false).unwrap();
-    out.last_hidden_state.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+    out.last_hidden_state.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 #[test]

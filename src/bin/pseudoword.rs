@@ -122,7 +122,7 @@ fn read_f32(t: Tensor<3>) -> Result<Vec<f32>, Error> {
     let data = pollster::block_on(t.into_data_async())
         .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") })?;
     data.convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") }.into())
 }
 

@@ -169,7 +169,7 @@ impl Session {
         let (toks, out) = self.encoder.encode(&[prompt], false).map_err(js_err)?;
         let dims = out.last_hidden_state.dims();
         let data = out.last_hidden_state.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
-        let values: Vec<f32> = data.convert::<f32>().into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
+        let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
         let n = values.len() as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

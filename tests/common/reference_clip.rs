@@ -32,7 +32,7 @@ fn erf(x: f64) -> f64 {
     if x.abs() > 6.0 {
         return x.signum();
     }
-    let mut sum = 0.0;
+    let mut sum: f64 = 0.0;
     let mut term = x;
     let mut n = 0.0f64;
     while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
