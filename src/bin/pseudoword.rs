@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
-use pseudoword::pipeline::PromptEncoder;
+use pseudoword::pipeline::{PromptEncoder, Tokenized};
 use pseudoword::tokenizer::ClipTokenizer;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -91,15 +91,13 @@ fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
         tokenizer.add_tokens(&refs)?;
     }
-    let full = tokenizer.encode(&tokenizer.maybe_convert_prompt(prompt));
-    let converted = tokenizer.maybe_convert_prompt(prompt);
-    let padded = tokenizer.encode_padded(&converted);
+    let t = Tokenized::new(&tokenizer, prompt);
     let json = serde_json::json!({
-        "input_ids": padded.ids,
-        "tokens": padded.tokens,
-        "ids": full.ids,
-        "converted_prompt": converted,
-        "truncated": full.ids.len() > tokenizer.model_max_length(),
+        "input_ids": t.input_ids,
+        "tokens": t.tokens,
+        "ids": t.ids,
+        "converted_prompt": t.converted_prompt,
+        "truncated": t.truncated,
         "bos_token_id": tokenizer.bos_id(),
         "eos_token_id": tokenizer.eos_id(),
         "pad_token_id": tokenizer.pad_id(),

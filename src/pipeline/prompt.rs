@@ -29,6 +29,17 @@ pub struct Tokenized {
     pub truncated: bool,
 }
 
+impl Tokenized {
+    /// Tokenizes like the pipeline: convert the prompt for multi-vector tokens, then pad/truncate.
+    pub fn new(tokenizer: &ClipTokenizer, prompt: &str) -> Self {
+        let converted_prompt = tokenizer.maybe_convert_prompt(prompt);
+        let full = tokenizer.encode(&converted_prompt);
+        let padded = tokenizer.encode_padded(&converted_prompt);
+        let truncated = full.ids.len() > tokenizer.model_max_length();
+        Tokenized { converted_prompt, input_ids: padded.ids, tokens: padded.tokens, ids: full.ids, truncated }
+    }
+}
+
 impl PromptEncoder {
     pub fn new(tokenizer: ClipTokenizer, text_encoder: CLIPTextModel) -> Self {
         Self { tokenizer, text_encoder }
@@ -62,13 +73,9 @@ impl PromptEncoder {
         Ok(ids)
     }
 
-    /// Tokenizes like the pipeline: convert the prompt for multi-vector tokens, then pad/truncate.
+    /// Tokenizes like the pipeline (see [`Tokenized::new`]).
     pub fn tokenize(&self, prompt: &str) -> Tokenized {
-        let converted_prompt = self.tokenizer.maybe_convert_prompt(prompt);
-        let full = self.tokenizer.encode(&converted_prompt);
-        let padded = self.tokenizer.encode_padded(&converted_prompt);
-        let truncated = full.ids.len() > self.tokenizer.model_max_length();
-        Tokenized { converted_prompt, input_ids: padded.ids, tokens: padded.tokens, ids: full.ids, truncated }
+        Tokenized::new(&self.tokenizer, prompt)
     }
 
     /// Encodes prompts to `last_hidden_state` `[batch, 77, hidden]` (+ pooled and, on request,

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 
 use burn::tensor::Device;
+use serde::Serialize as _;
 use js_sys::{Array, Float32Array, Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -188,4 +189,3 @@ impl Session {
     }
 }
 
-use serde::Serialize as _;
