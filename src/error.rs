@@ -110,6 +110,8 @@ pub enum Error {
     Device(#[from] DeviceError),
     #[error("{0}")]
     Input(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

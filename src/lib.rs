@@ -10,6 +10,7 @@ pub mod error;
 pub mod loader;
 pub mod models;
 pub mod pipeline;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod weights;
 

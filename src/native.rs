@@ -100,3 +100,17 @@ pub fn read_embedding_file(path: &Path, token: Option<&str>) -> Result<TextualIn
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding");
     Ok(pollster::block_on(read_safetensors_embedding(&source, token, stem))?)
 }
+
+/// Reads tensor `name` of a safetensors file as f32 (`--latents` and similar inputs):
+/// `(shape, values)`.
+pub fn read_f32_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>), Error> {
+    let source = FileSource::open(path)?;
+    let header = pollster::block_on(crate::weights::SafetensorsHeader::read(&source))?;
+    let entry = header.tensors.get(name).ok_or_else(|| {
+        let mut names: Vec<&String> = header.tensors.keys().collect();
+        names.sort();
+        Error::Input(format!("{}: no tensor `{name}` (found {names:?})", path.display()))
+    })?;
+    let values = pollster::block_on(crate::weights::read_tensor_f32(&source, entry))?;
+    Ok((entry.shape.clone(), values))
+}

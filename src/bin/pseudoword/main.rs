@@ -22,16 +22,16 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// Model folder in diffusers layout (tokenizer/, text_encoder/, ...).
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Textual-inversion embedding file, `PATH[=TOKEN]` (repeatable).
     #[arg(long = "embedding", value_name = "FILE[=TOKEN]")]
-    embeddings: Vec<String>,
+    pub(crate) embeddings: Vec<String>,
     /// Compute device: cpu, wgpu, or auto (wgpu when an adapter exists, else cpu).
     #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
+    pub(crate) device: DeviceChoice,
 }
 
 #[derive(Subcommand)]
@@ -108,15 +108,21 @@ fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
 
 fn load_with_embeddings(common: &Common, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
     let mut enc = load_prompt_encoder(&common.model, variant, device)?;
-    for arg in &common.embeddings {
+    add_embeddings(&mut enc, &common.embeddings)?;
+    Ok(enc)
+}
+
+/// Adds every `--embedding PATH[=TOKEN]` to the prompt encoder.
+pub(crate) fn add_embeddings(enc: &mut PromptEncoder, args: &[String]) -> Result<(), Error> {
+    for arg in args {
         let (path, token) = parse_embedding_arg(arg);
         let emb = read_embedding_file(&path, token.as_deref())?;
         enc.add_embedding(&path.display().to_string(), &emb)?;
     }
-    Ok(enc)
+    Ok(())
 }
 
-fn read_f32(t: Tensor<3>) -> Result<Vec<f32>, Error> {
+pub(crate) fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Error> {
     let data = pollster::block_on(t.into_data_async())
         .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") })?;
     data.convert::<f32>()
@@ -156,11 +162,11 @@ fn encode(common: &Common, prompt: &str, out: &Path, variant: Option<&str>, all_
     Ok(())
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn write_safetensors(path: &Path, blobs: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<(), Error> {
+pub(crate) fn write_safetensors(path: &Path, blobs: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<(), Error> {
     let io = |e: String| Error::Input(format!("cannot write {}: {e}", path.display()));
     let views: HashMap<String, TensorView<'_>> = blobs
         .iter()

@@ -1,0 +1,164 @@
+//! `pseudoword generate`: text to image, PNG with A1111 parameters, optional tensors.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use pseudoword::error::Error;
+use pseudoword::native::{load_stable_diffusion, read_f32_tensor, select_device};
+use pseudoword::pipeline::png_out::{A1111Parameters, encode_png, to_rgb8};
+use pseudoword::pipeline::{GenerateParams, generate};
+use pseudoword::schedulers::{SchedulerKind, TimestepSpacing, PredictionType};
+use safetensors::Dtype;
+
+use crate::{Common, add_embeddings, read_f32, write_safetensors};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// ddim | pndm | euler | euler-a | dpm++2m | dpm++2m-karras | lms (default: the model's own)
+    #[arg(long)]
+    pub scheduler: Option<SchedulerKind>,
+    /// leading | trailing | linspace (default: the scheduler's own / the model config's)
+    #[arg(long)]
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// epsilon | v_prediction (default: the model config's)
+    #[arg(long)]
+    pub prediction_type: Option<PredictionType>,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale; <= 1 disables guidance (one UNet pass per step).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Seed of the initial noise (default: random, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Image width (multiple of 8; default: the model's native size).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Number of images (one batched run).
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// safetensors file with `latents` [N,4,H/8,W/8]: the initial noise before init_noise_sigma scaling.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// Weights variant, e.g. `fp16` (`*.fp16.safetensors`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Output PNG (with N > 1: NAME-0.png, NAME-1.png, ...).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write `image` F32 [N,H,W,3] in [0,1] and `latents` (final) to this safetensors file.
+    #[arg(long)]
+    pub out_tensor: Option<PathBuf>,
+}
+
+/// A1111's sampler names.
+fn a1111_sampler(kind: SchedulerKind) -> &'static str {
+    match kind {
+        SchedulerKind::Ddim => "DDIM",
+        SchedulerKind::Pndm => "PLMS",
+        SchedulerKind::Euler => "Euler",
+        SchedulerKind::EulerAncestral => "Euler a",
+        SchedulerKind::DpmSolverMultistep { karras: false } => "DPM++ 2M",
+        SchedulerKind::DpmSolverMultistep { karras: true } => "DPM++ 2M Karras",
+        SchedulerKind::Lms => "LMS",
+    }
+}
+
+fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
+    if n == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    path.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+pub fn run(a: GenerateArgs) -> Result<(), Error> {
+    let (device, device_name) = select_device(a.common.device)?;
+    let mut sd = load_stable_diffusion(&a.common.model, a.variant.as_deref(), &device)?;
+    add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
+    let mut p = GenerateParams::new(a.prompt.clone(), &sd);
+    p.negative_prompt = a.negative_prompt.clone();
+    p.steps = a.steps;
+    p.guidance = a.guidance;
+    p.seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 % 4_294_967_296));
+    p.width = a.width.unwrap_or(p.width);
+    p.height = a.height.unwrap_or(p.height);
+    p.num_images = a.num_images;
+    p.scheduler = a.scheduler;
+    p.overrides.timestep_spacing = a.timestep_spacing;
+    p.overrides.prediction_type = a.prediction_type;
+    let latents = match &a.latents {
+        Some(path) => {
+            let (shape, values) = read_f32_tensor(path, "latents")?;
+            let dims: [usize; 4] = shape
+                .clone()
+                .try_into()
+                .map_err(|_| Error::Input(format!("{}: `latents` must have 4 dimensions, has shape {shape:?}", path.display())))?;
+            Some(Tensor::<4>::from_data(TensorData::new(values, dims), &device))
+        }
+        None => None,
+    };
+    let t0 = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let out = generate(&sd, &p, latents, &mut |done, total, _| {
+        eprintln!("step {done}/{total} ({:.2} s)", last.elapsed().as_secs_f64());
+        last = std::time::Instant::now();
+        true
+    })?;
+    let [n, h, w, c] = out.image.dims();
+    let image = read_f32(out.image)?;
+    let kind = p.scheduler.unwrap_or(sd.default_scheduler);
+    let params = A1111Parameters {
+        prompt: p.prompt.clone(),
+        negative_prompt: p.negative_prompt.clone(),
+        steps: p.steps,
+        sampler: a1111_sampler(kind).into(),
+        cfg_scale: p.guidance,
+        seed: p.seed,
+        width: w,
+        height: h,
+        model: sd.name.clone(),
+        extra: vec![],
+    };
+    let mut written = vec![];
+    for i in 0..n {
+        let path = numbered(&a.out, i, n);
+        let rgb = to_rgb8(&image[i * h * w * c..(i + 1) * h * w * c]);
+        let file = std::fs::File::create(&path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
+        encode_png(&rgb, w, h, &params.to_text(), std::io::BufWriter::new(file))
+            .map_err(|e| Error::Input(format!("cannot encode {}: {e}", path.display())))?;
+        written.push(path.display().to_string());
+    }
+    if let Some(t) = &a.out_tensor {
+        let ld = out.latents.dims();
+        let latents = read_f32(out.latents)?;
+        write_safetensors(
+            t,
+            &[
+                ("image".into(), Dtype::F32, vec![n, h, w, c], crate::f32_bytes(&image)),
+                ("latents".into(), Dtype::F32, ld.to_vec(), crate::f32_bytes(&latents)),
+            ],
+        )?;
+    }
+    let json = serde_json::json!({
+        "out": written,
+        "seed": p.seed,
+        "scheduler": a1111_sampler(kind),
+        "steps": out.num_steps,
+        "size": [w, h],
+        "device": device_name,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Port of `StableDiffusionPipeline.__call__` (text to image): prompt + negative prompt encoded
+//! once, classifier-free guidance as ONE batched UNet call on `[uncond..., cond...]`, the
+//! scheduler loop driven step by step (progress and cancel between steps), VAE decode to
+//! `[N, H, W, 3]` in [0, 1] (diffusers' `output_type="np"`).
+
+use burn::tensor::Tensor;
+
+use super::StableDiffusion;
+use super::rng::NoiseRng;
+use crate::error::Error;
+use crate::models::UNetCapture;
+use crate::schedulers::{Overrides, Scheduler, SchedulerKind, create};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    /// Classifier-free guidance scale; `<= 1` disables CFG (one UNet pass per step).
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub num_images: usize,
+    /// `None`: the model's own scheduler (`scheduler_config.json`'s `_class_name`).
+    pub scheduler: Option<SchedulerKind>,
+    pub overrides: Overrides,
+}
+
+impl GenerateParams {
+    /// diffusers' defaults for `prompt` at the model's native size.
+    pub fn new(prompt: impl Into<String>, sd: &StableDiffusion) -> Self {
+        let size = sd.default_size();
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance: 7.5,
+            seed: 0,
+            width: size,
+            height: size,
+            num_images: 1,
+            scheduler: None,
+            overrides: Overrides::default(),
+        }
+    }
+
+    pub fn do_cfg(&self) -> bool {
+        self.guidance > 1.0
+    }
+}
+
+/// A text-to-image run, advanced one scheduler step at a time.
+pub struct Txt2Img {
+    scheduler: Box<dyn Scheduler>,
+    latents: Tensor<4>,
+    /// `[2N or N, 77, D]`: `[uncond x N, cond x N]` with CFG.
+    context: Tensor<3>,
+    guidance: f64,
+    do_cfg: bool,
+    step: usize,
+    rng: NoiseRng,
+}
+
+impl Txt2Img {
+    /// Prepares a run. `latents`: diffusers' `latents=` argument, `[N, C, H/8, W/8]` initial noise
+    /// before `init_noise_sigma` scaling; `None` draws it from the seeded [`NoiseRng`].
+    pub fn new(sd: &StableDiffusion, p: &GenerateParams, latents: Option<Tensor<4>>) -> Result<Self, Error> {
+        let f = sd.vae_scale_factor();
+        if p.width == 0 || p.height == 0 || p.width % f != 0 || p.height % f != 0 {
+            return Err(Error::Input(format!("width and height must be positive multiples of {f}, got {}x{}", p.width, p.height)));
+        }
+        if p.steps == 0 {
+            return Err(Error::Input("--steps must be at least 1".into()));
+        }
+        if p.num_images == 0 {
+            return Err(Error::Input("the number of images must be at least 1".into()));
+        }
+        let kind = p.scheduler.unwrap_or(sd.default_scheduler);
+        let mut scheduler = create(kind, &sd.scheduler_config, &p.overrides)?;
+        scheduler.set_timesteps(p.steps)?;
+
+        // 3. encode the prompts once: [negative, prompt]
+        let do_cfg = p.do_cfg();
+        let n = p.num_images;
+        let context = if do_cfg {
+            let (_, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false)?;
+            let [_, s, d] = out.last_hidden_state.dims();
+            let uncond = out.last_hidden_state.clone().slice([0..1, 0..s, 0..d]).repeat_dim(0, n);
+            let cond = out.last_hidden_state.slice([1..2, 0..s, 0..d]).repeat_dim(0, n);
+            Tensor::cat(vec![uncond, cond], 0)
+        } else {
+            let (_, out) = sd.prompt.encode(&[&p.prompt], false)?;
+            out.last_hidden_state.repeat_dim(0, n)
+        };
+
+        // 5. initial latents
+        let device = sd.device();
+        let shape = [n, sd.latent_channels(), p.height / f, p.width / f];
+        let mut rng = NoiseRng::new(p.seed);
+        let latents = match latents {
+            Some(l) => {
+                if l.dims() != shape {
+                    return Err(Error::Input(format!("latents have shape {:?} but this run needs {:?}", l.dims(), shape)));
+                }
+                l
+            }
+            None => rng.randn(shape, &device),
+        };
+        let latents = latents * scheduler.init_noise_sigma();
+        Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg, step: 0, rng })
+    }
+
+    /// Number of scheduler steps (PNDM may have one more than requested).
+    pub fn num_steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.num_steps()
+    }
+
+    /// Current latents `[N, C, h, w]`.
+    pub fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
+    }
+
+    pub fn scheduler(&self) -> &dyn Scheduler {
+        self.scheduler.as_ref()
+    }
+
+    /// The UNet's noise prediction for the current step, guidance applied.
+    fn noise_pred(&self, sd: &StableDiffusion, t: f64) -> Tensor<4> {
+        let input = if self.do_cfg { Tensor::cat(vec![self.latents.clone(), self.latents.clone()], 0) } else { self.latents.clone() };
+        let input = self.scheduler.scale_model_input(input, self.step);
+        let eps = sd.unet.forward(input, &[t], self.context.clone(), &mut UNetCapture::default());
+        if self.do_cfg {
+            let mut halves = eps.chunk(2, 0).into_iter();
+            let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
+            uncond.clone() + (cond - uncond) * self.guidance
+        } else {
+            eps
+        }
+    }
+
+    /// Runs one scheduler step (expand for CFG, scale, UNet, guidance, scheduler step).
+    pub fn step(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
+        if self.is_done() {
+            return Err(Error::Input("the run is already finished".into()));
+        }
+        let t = self.scheduler.timesteps()[self.step];
+        let eps = self.noise_pred(sd, t);
+        let noise = self.scheduler.needs_noise().then(|| self.rng.randn(self.latents.dims(), &sd.device()));
+        self.latents = self.scheduler.step(eps, self.step, self.latents.clone(), noise).prev_sample;
+        self.step += 1;
+        Ok(())
+    }
+}
+
+/// Decodes latents to images `[N, H, W, 3]` in [0, 1]:
+/// `clamp(vae.decode(latents / scaling_factor + shift) / 2 + 0.5, 0, 1)`, NCHW -> NHWC.
+pub fn decode_latents(sd: &StableDiffusion, latents: Tensor<4>) -> Tensor<4> {
+    let image = sd.vae.decode(sd.vae.unscale_latents(latents));
+    (image / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1])
+}
+
+/// Result of [`generate`].
+pub struct Generated {
+    /// `[N, H, W, 3]` in [0, 1].
+    pub image: Tensor<4>,
+    /// Final latents `[N, C, h, w]`.
+    pub latents: Tensor<4>,
+    pub num_steps: usize,
+}
+
+/// Runs a whole generation. `on_step(done, total, latents)` is called after each step; returning
+/// `false` cancels (the result is then `Err(Error::Cancelled)`).
+pub fn generate(
+    sd: &StableDiffusion,
+    p: &GenerateParams,
+    latents: Option<Tensor<4>>,
+    on_step: &mut dyn FnMut(usize, usize, &Tensor<4>) -> bool,
+) -> Result<Generated, Error> {
+    let mut run = Txt2Img::new(sd, p, latents)?;
+    let total = run.num_steps();
+    while !run.is_done() {
+        run.step(sd)?;
+        if !on_step(run.steps_done(), total, &run.latents) {
+            return Err(Error::Cancelled);
+        }
+    }
+    let latents = run.latents();
+    Ok(Generated { image: decode_latents(sd, latents.clone()), latents, num_steps: total })
+}

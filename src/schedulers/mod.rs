@@ -1,0 +1,1 @@
+//! Diffusion schedulers (being written).
