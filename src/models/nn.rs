@@ -1,7 +1,9 @@
-//! Basic layers with PyTorch parameter layouts (`torch.nn.Linear`, `LayerNorm`, `Embedding`),
-//! built from a [`TensorMap`] of loaded weights.
+//! Basic layers with PyTorch parameter layouts (`torch.nn.Linear`, `LayerNorm`, `Embedding`,
+//! `Conv2d`, `GroupNorm`), built from a [`TensorMap`] of loaded weights.
 
 use burn::module::{Module, Param};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Tensor, activation};
 
 use crate::weights::{ParamSpec, TensorMap};
@@ -118,5 +120,92 @@ impl Activation {
             Self::Silu => activation::silu(x),
             Self::Relu => activation::relu(x),
         }
+    }
+}
+
+/// `torch.nn.Conv2d` (no dilation, no groups). `weight` keeps PyTorch's layout
+/// `[out_channels, in_channels, kernel_h, kernel_w]`.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub stride: usize,
+    /// Symmetric zero padding on both spatial dimensions.
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// Parameter specs under `prefix` (`{prefix}.weight` `[out, in, k, k]`, `{prefix}.bias` `[out]`).
+    pub fn specs(prefix: &str, in_channels: usize, out_channels: usize, kernel_size: usize, bias: bool, out: &mut Vec<ParamSpec>) {
+        out.push(ParamSpec::new(format!("{prefix}.weight"), &[out_channels, in_channels, kernel_size, kernel_size]));
+        if bias {
+            out.push(ParamSpec::new(format!("{prefix}.bias"), &[out_channels]));
+        }
+    }
+
+    pub fn from_map(prefix: &str, stride: usize, padding: usize, bias: bool, map: &mut TensorMap) -> Self {
+        Self {
+            weight: Param::from_tensor(map.take(&format!("{prefix}.weight"))),
+            bias: bias.then(|| Param::from_tensor(map.take(&format!("{prefix}.bias")))),
+            stride,
+            padding,
+        }
+    }
+
+    /// `[batch, in, h, w] -> [batch, out, h', w']` with the layer's own padding.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let p = self.padding;
+        self.forward_padded(x, [(p, p), (p, p)])
+    }
+
+    /// Like [`Conv2d::forward`] with explicit `(begin, end)` zero padding per spatial dimension
+    /// (`F.pad(x, (0, 1, 0, 1))` followed by an unpadded conv is `[(0, 1), (0, 1)]`).
+    pub fn forward_padded(&self, x: Tensor<4>, padding: [(usize, usize); 2]) -> Tensor<4> {
+        let options = ConvOptions::new_with_padding([self.stride; 2], padding, [1, 1], 1);
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+    }
+}
+
+/// `torch.nn.GroupNorm` (affine) over `[batch, channels, ...]`: statistics per sample and group
+/// of `channels / num_groups` consecutive channels.
+#[derive(Module, Debug)]
+pub struct GroupNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub num_groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn specs(prefix: &str, channels: usize, out: &mut Vec<ParamSpec>) {
+        out.push(ParamSpec::new(format!("{prefix}.weight"), &[channels]));
+        out.push(ParamSpec::new(format!("{prefix}.bias"), &[channels]));
+    }
+
+    pub fn from_map(prefix: &str, num_groups: usize, eps: f64, map: &mut TensorMap) -> Self {
+        Self {
+            weight: Param::from_tensor(map.take(&format!("{prefix}.weight"))),
+            bias: Param::from_tensor(map.take(&format!("{prefix}.bias"))),
+            num_groups,
+            eps,
+        }
+    }
+
+    /// `[batch, channels, ...] -> same shape` (`D >= 2`).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let (b, c, g) = (dims[0], dims[1], self.num_groups);
+        // statistics over [channels / groups, ..., last] reduced in two steps (last dimension,
+        // then the rest): shorter f32 accumulations, closer to torch's cascaded sums
+        let last = if D >= 3 { dims[D - 1] } else { 1 };
+        let rest = dims.iter().product::<usize>() / (b * g * last);
+        let x = x.reshape([b, g, rest, last]);
+        let mean = x.clone().mean_dim(3).mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(3).mean_dim(2);
+        let x = (centered / (var + self.eps).sqrt()).reshape(dims);
+        let mut affine = [1; D];
+        affine[1] = c;
+        x * self.weight.val().reshape(affine) + self.bias.val().reshape(affine)
     }
 }
