@@ -108,6 +108,8 @@ pub enum Error {
     Embedding(#[from] EmbeddingError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Scheduler(#[from] crate::schedulers::SchedulerError),
     #[error("{0}")]
     Input(String),
     #[error("cancelled")]

@@ -61,3 +61,13 @@ pub async fn load_vae<S: ByteSource>(
     debug_assert!(map.remaining().is_empty());
     Ok(model)
 }
+
+/// `sample_size` of a UNet config (an int, or `[h, w]`: the height), 64 when absent.
+pub fn unet_sample_size(config_json: &str) -> usize {
+    let v: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+    match &v["sample_size"] {
+        serde_json::Value::Number(n) => n.as_u64().unwrap_or(64) as usize,
+        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()).unwrap_or(64) as usize,
+        _ => 64,
+    }
+}

@@ -9,7 +9,8 @@ use burn::tensor::Device;
 use crate::embedding_files::{TextualInversion, read_safetensors_embedding};
 use crate::error::{ConfigError, DeviceError, Error};
 use crate::loader::load_text_encoder;
-use crate::pipeline::PromptEncoder;
+use crate::pipeline::{PromptEncoder, StableDiffusion};
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{FileSource, find_weights_file};
 
@@ -114,3 +115,28 @@ pub fn read_f32_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)
     let values = pollster::block_on(crate::weights::read_tensor_f32(&source, entry))?;
     Ok((entry.shape.clone(), values))
 }
+
+/// Loads a whole diffusers Stable Diffusion folder (`tokenizer/`, `text_encoder/`, `unet/`,
+/// `vae/`, `scheduler/`) onto `device`. `variant` picks `*.<variant>.safetensors` weights.
+pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<StableDiffusion, Error> {
+    let prompt = load_prompt_encoder(model_dir, variant, device)?;
+    let component = |name: &str| -> Result<(String, String, FileSource), Error> {
+        let dir = model_dir.join(name);
+        let config_path = dir.join("config.json");
+        let config = read_text(&config_path)?;
+        let weights = FileSource::open(&find_weights_file(&dir, variant)?)?;
+        Ok((config, config_path.display().to_string(), weights))
+    };
+    let (c, f, w) = component("unet")?;
+    let sample_size = crate::loader::unet_sample_size(&c);
+    let unet = pollster::block_on(crate::loader::load_unet(&c, &f, &w, device, &mut |_, _, _| {}))?;
+    let (c, f, w) = component("vae")?;
+    let vae = pollster::block_on(crate::loader::load_vae(&c, &f, &w, device, &mut |_, _, _| {}))?;
+    let sched_path = model_dir.join("scheduler/scheduler_config.json");
+    let sched_text = read_text(&sched_path)?;
+    let scheduler_config = SchedulerConfig::from_json(&sched_text, &sched_path.display().to_string())?;
+    let default_scheduler = SchedulerKind::from_config(&scheduler_config)?;
+    let name = model_dir.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    Ok(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size })
+}
+

@@ -5,6 +5,9 @@
 pub mod png_out;
 mod prompt;
 pub mod rng;
-// txt2img + stable_diffusion are wired in once UNet, VAE and schedulers land.
+mod stable_diffusion;
+pub mod txt2img;
 
 pub use prompt::{PromptEncoder, Tokenized};
+pub use stable_diffusion::StableDiffusion;
+pub use txt2img::{GenerateParams, Generated, Txt2Img, decode_latents, generate};

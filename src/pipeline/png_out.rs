@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use crate::schedulers::SchedulerKind;
+
 /// Generation parameters as A1111 writes them.
 #[derive(Clone, Debug)]
 pub struct A1111Parameters {
@@ -75,6 +77,19 @@ pub fn read_parameters(bytes: &[u8]) -> Option<String> {
         return t.get_text().ok();
     }
     info.utf8_text.iter().find(|t| t.keyword == "parameters").and_then(|t| t.get_text().ok())
+}
+
+/// A1111's sampler names.
+pub fn a1111_sampler(kind: SchedulerKind) -> &'static str {
+    match kind {
+        SchedulerKind::Ddim => "DDIM",
+        SchedulerKind::Pndm => "PLMS",
+        SchedulerKind::Euler => "Euler",
+        SchedulerKind::EulerAncestral => "Euler a",
+        SchedulerKind::DpmSolverMultistep { karras: false } => "DPM++ 2M",
+        SchedulerKind::DpmSolverMultistep { karras: true } => "DPM++ 2M Karras",
+        SchedulerKind::Lms => "LMS",
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub struct StableDiffusion {
     pub default_scheduler: SchedulerKind,
     /// Name shown in image metadata (the folder name).
     pub name: String,
+    /// `unet/config.json`'s `sample_size` (latent pixels; 64 for SD 1.5).
+    pub sample_size: usize,
 }
 
 impl StableDiffusion {
@@ -27,7 +29,7 @@ impl StableDiffusion {
 
     /// `2 ** (len(vae.block_out_channels) - 1)` (8 for SD).
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae.scale_factor()
+        self.vae.downsampling_factor()
     }
 
     pub fn latent_channels(&self) -> usize {
@@ -36,6 +38,6 @@ impl StableDiffusion {
 
     /// `unet.sample_size * vae_scale_factor` (512 for SD 1.5, 256 for the tiny model).
     pub fn default_size(&self) -> usize {
-        self.unet.sample_size() * self.vae_scale_factor()
+        self.sample_size * self.vae_scale_factor()
     }
 }

@@ -139,7 +139,7 @@ impl Txt2Img {
     fn noise_pred(&self, sd: &StableDiffusion, t: f64) -> Tensor<4> {
         let input = if self.do_cfg { Tensor::cat(vec![self.latents.clone(), self.latents.clone()], 0) } else { self.latents.clone() };
         let input = self.scheduler.scale_model_input(input, self.step);
-        let eps = sd.unet.forward(input, &[t], self.context.clone(), &mut UNetCapture::default());
+        let eps = sd.unet.forward(input, &[t], self.context.clone(), &mut UNetCapture::none());
         if self.do_cfg {
             let mut halves = eps.chunk(2, 0).into_iter();
             let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
@@ -166,7 +166,8 @@ impl Txt2Img {
 /// Decodes latents to images `[N, H, W, 3]` in [0, 1]:
 /// `clamp(vae.decode(latents / scaling_factor + shift) / 2 + 0.5, 0, 1)`, NCHW -> NHWC.
 pub fn decode_latents(sd: &StableDiffusion, latents: Tensor<4>) -> Tensor<4> {
-    let image = sd.vae.decode(sd.vae.unscale_latents(latents));
+    let z = latents / sd.vae.scaling_factor + sd.vae.shift_factor;
+    let image = sd.vae.decode(z);
     (image / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1])
 }
 

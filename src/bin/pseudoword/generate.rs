@@ -6,9 +6,9 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use pseudoword::error::Error;
 use pseudoword::native::{load_stable_diffusion, read_f32_tensor, select_device};
-use pseudoword::pipeline::png_out::{A1111Parameters, encode_png, to_rgb8};
+use pseudoword::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
 use pseudoword::pipeline::{GenerateParams, generate};
-use pseudoword::schedulers::{SchedulerKind, TimestepSpacing, PredictionType};
+use pseudoword::schedulers::{PredictionType, SchedulerKind, TimestepSpacing};
 use safetensors::Dtype;
 
 use crate::{Common, add_embeddings, read_f32, write_safetensors};
@@ -58,19 +58,6 @@ pub struct GenerateArgs {
     /// Also write `image` F32 [N,H,W,3] in [0,1] and `latents` (final) to this safetensors file.
     #[arg(long)]
     pub out_tensor: Option<PathBuf>,
-}
-
-/// A1111's sampler names.
-fn a1111_sampler(kind: SchedulerKind) -> &'static str {
-    match kind {
-        SchedulerKind::Ddim => "DDIM",
-        SchedulerKind::Pndm => "PLMS",
-        SchedulerKind::Euler => "Euler",
-        SchedulerKind::EulerAncestral => "Euler a",
-        SchedulerKind::DpmSolverMultistep { karras: false } => "DPM++ 2M",
-        SchedulerKind::DpmSolverMultistep { karras: true } => "DPM++ 2M Karras",
-        SchedulerKind::Lms => "LMS",
-    }
 }
 
 fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
+
+mod generate;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
 use pseudoword::pipeline::{PromptEncoder, Tokenized};
@@ -36,6 +38,8 @@ pub(crate) struct Common {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Text to image: writes a PNG with AUTOMATIC1111 `parameters` (and optionally tensors).
+    Generate(Box<generate::GenerateArgs>),
     /// Tokenize a prompt like the pipeline does; prints one JSON object.
     Tokenize {
         #[command(flatten)]
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
+        Command::Generate(args) => generate::run(*args),
         Command::Encode { common, prompt, out, variant, all_hidden_states } => {
             encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states)
         }
