@@ -13,8 +13,11 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::Blob;
 
 use crate::error::{ConfigError, Error, WeightsError};
-use crate::loader::load_text_encoder;
-use crate::pipeline::PromptEncoder;
+use crate::loader::{load_text_encoder, load_unet, load_vae, unet_sample_size};
+use crate::pipeline::{PromptEncoder, StableDiffusion};
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
+
+mod generate;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::ByteSource;
 
@@ -59,7 +62,7 @@ impl ByteSource for BlobSource {
     }
 }
 
-fn js_err(e: impl std::fmt::Display) -> JsValue {
+pub(crate) fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
@@ -91,15 +94,46 @@ async fn blob_text(files: &Object, key: &str, required: bool) -> Result<Option<S
     Ok(text.as_string())
 }
 
-fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
+pub(crate) fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
     let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
 }
 
-/// One loaded model (text side for now) on the WebGPU device.
+/// What a session has loaded: the text side only, or the whole pipeline.
+enum Loaded {
+    Text(PromptEncoder),
+    Full(Box<StableDiffusion>),
+}
+
+/// One loaded model on the WebGPU device.
 #[wasm_bindgen]
 pub struct Session {
-    encoder: PromptEncoder,
+    loaded: Loaded,
     info: serde_json::Value,
+    running: RefCell<Option<generate::Running>>,
+}
+
+impl Session {
+    fn encoder(&self) -> &PromptEncoder {
+        match &self.loaded {
+            Loaded::Text(e) => e,
+            Loaded::Full(sd) => &sd.prompt,
+        }
+    }
+
+    fn sd(&self) -> Result<&StableDiffusion, JsValue> {
+        match &self.loaded {
+            Loaded::Full(sd) => Ok(sd),
+            Loaded::Text(_) => Err(js_err("this model folder has no unet/ and vae/: it can encode prompts but not generate")),
+        }
+    }
+}
+
+/// The first of `candidates` present in `files`, as a byte source.
+fn weights_source(files: &Object, dir: &str, candidates: &[&str]) -> Result<BlobSource, JsValue> {
+    candidates
+        .iter()
+        .find_map(|k| get_blob(files, k).map(|b| BlobSource::new(*k, b)))
+        .ok_or_else(|| js_err(WeightsError::NoWeightsFile { dir: dir.into(), tried: candidates.iter().map(|s| s.to_string()).collect() }))
 }
 
 #[wasm_bindgen]
@@ -118,27 +152,53 @@ impl Session {
         };
         let tokenizer = ClipTokenizer::from_files(&tok_files).map_err(js_err)?;
         let config = blob_text(&files, "text_encoder/config.json", true).await?.unwrap_or_default();
-        let candidates = ["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"];
-        let (weights_key, blob) = candidates
-            .iter()
-            .find_map(|k| get_blob(&files, k).map(|b| (*k, b)))
-            .ok_or_else(|| js_err(WeightsError::NoWeightsFile { dir: "text_encoder/".into(), tried: candidates.iter().map(|s| s.to_string()).collect() }))?;
-        let source = BlobSource::new(weights_key, blob);
+        let source = weights_source(&files, "text_encoder/", &["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"])?;
+        let weights_key = source.name().to_string();
         let header = crate::weights::SafetensorsHeader::read(&source).await.map_err(js_err)?;
         let dtype = header.tensors.values().next().map(|e| e.dtype_name.clone()).unwrap_or_default();
-        let mut progress = |done: usize, total: usize, key: &str| {
-            let o = Object::new();
-            set(&o, "stage", "weights");
-            set(&o, "loaded", done as f64);
-            set(&o, "total", total as f64);
-            set(&o, "key", key);
-            let _ = on_progress.call1(&JsValue::NULL, &o);
+        let progress_for = |stage: &'static str| {
+            let on_progress = on_progress.clone();
+            move |done: usize, total: usize, key: &str| {
+                let o = Object::new();
+                set(&o, "stage", stage);
+                set(&o, "loaded", done as f64);
+                set(&o, "total", total as f64);
+                set(&o, "key", key);
+                let _ = on_progress.call1(&JsValue::NULL, &o);
+            }
         };
-        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, &mut progress)
+        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, &mut progress_for("text_encoder"))
             .await
             .map_err(|e: Error| js_err(e))?;
         let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
+        let prompt = PromptEncoder::new(tokenizer, model);
+        let loaded = if get_blob(&files, "unet/config.json").is_some() {
+            let unet_config = blob_text(&files, "unet/config.json", true).await?.unwrap_or_default();
+            let unet_src = weights_source(&files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
+            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, &mut progress_for("unet")).await.map_err(js_err)?;
+            let vae_config = blob_text(&files, "vae/config.json", true).await?.unwrap_or_default();
+            let vae_src = weights_source(&files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
+            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, &mut progress_for("vae")).await.map_err(js_err)?;
+            let sched_text = blob_text(&files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
+            let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
+            let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;
+            let name = js_sys::Reflect::get(&files, &JsValue::from_str("__name"))
+                .ok()
+                .and_then(|v| v.as_string())
+                .unwrap_or_else(|| "model".into());
+            let sample_size = unet_sample_size(&unet_config);
+            Loaded::Full(Box::new(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size }))
+        } else {
+            Loaded::Text(prompt)
+        };
+        let (can_generate, default_size, default_scheduler) = match &loaded {
+            Loaded::Full(sd) => (true, sd.default_size(), sd.default_scheduler.cli_name()),
+            Loaded::Text(_) => (false, 0, ""),
+        };
         let info = serde_json::json!({
+            "can_generate": can_generate,
+            "default_size": default_size,
+            "default_scheduler": default_scheduler,
             "backend": "webgpu (burn wgpu)",
             "hidden_size": cfg.hidden_size,
             "num_layers": cfg.num_hidden_layers,
@@ -149,7 +209,7 @@ impl Session {
             "weights_dtype": dtype,
             "load_ms": js_sys::Date::now() - t0,
         });
-        Ok(Session { encoder: PromptEncoder::new(tokenizer, model), info })
+        Ok(Session { loaded, info, running: RefCell::new(None) })
     }
 
     /// `{backend, hidden_size, num_layers, num_heads, vocab_size, hidden_act, weights_file,
@@ -160,14 +220,14 @@ impl Session {
 
     /// `{input_ids: number[77], ids: number[], tokens: string[], converted_prompt, truncated}`
     pub fn tokenize(&self, prompt: &str) -> Result<JsValue, JsValue> {
-        self.encoder.tokenize(prompt).serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+        self.encoder().tokenize(prompt).serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
     }
 
     /// Encodes `prompt`: `{input_ids, tokens, shape: [1,77,D], data: Float32Array, millis, min,
     /// max, mean, std}` (`data` = `last_hidden_state` flattened).
     pub async fn encode(&self, prompt: &str) -> Result<JsValue, JsValue> {
         let t0 = js_sys::Date::now();
-        let (toks, out) = self.encoder.encode(&[prompt], false).map_err(js_err)?;
+        let (toks, out) = self.encoder().encode(&[prompt], false).map_err(js_err)?;
         let dims = out.last_hidden_state.dims();
         let data = out.last_hidden_state.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
         let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
