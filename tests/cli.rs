@@ -184,3 +184,115 @@ fn sd2_style_folder_pads_with_bang_and_encodes_with_gelu() {
     let q: Vec<f32> = quick.forward(&ids_u32).into_iter().flatten().map(|v| v as f32).collect();
     assert!(max_abs_diff(&q, &want) > 1e-3);
 }
+
+/// Writes random weights for `specs` (matrices ~ 1/sqrt(fan_in), norm scales ~ 1, small biases).
+fn write_random(path: &Path, specs: &[pseudoword::weights::ParamSpec], rng: &mut Rng) {
+    let blobs: Vec<Blob> = specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let v: Vec<f32> = if s.shape.len() >= 2 {
+                let fan_in: usize = s.shape[1..].iter().product();
+                rng.vec(n, 1.7 / (fan_in as f32).sqrt())
+            } else if s.key.ends_with("norm.weight") || s.key.contains("norm") && s.key.ends_with(".weight") {
+                rng.vec(n, 0.1).into_iter().map(|x| x + 1.0).collect()
+            } else {
+                rng.vec(n, 0.05)
+            };
+            f32_blob(&s.key, &s.shape, &v)
+        })
+        .collect();
+    write_safetensors(path, &blobs, None);
+}
+
+/// Completes the SD2-style folder with a UNet (linear projections, per-block head counts, width
+/// 48 cross-attention), a VAE and an SD2-like scheduler config (DDIM, v_prediction).
+fn sd2_style_full_folder(root: &Path) {
+    sd2_style_folder(root);
+    let mut rng = Rng(0x5d2_0002);
+    let unet = serde_json::json!({
+        "_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
+        "block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": [2, 4],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 48, "norm_num_groups": 8, "use_linear_projection": true, "upcast_attention": true,
+        "flip_sin_to_cos": true, "freq_shift": 0
+    });
+    std::fs::create_dir_all(root.join("unet")).unwrap();
+    std::fs::write(root.join("unet/config.json"), unet.to_string()).unwrap();
+    let c = pseudoword::models::UNet2DConditionConfig::from_json(&unet.to_string(), "unet/config.json").unwrap();
+    write_random(&root.join("unet/diffusion_pytorch_model.safetensors"), &pseudoword::models::UNet2DConditionModel::param_specs(&c), &mut rng);
+    let vae = serde_json::json!({
+        "_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "latent_channels": 4,
+        "norm_num_groups": 4, "in_channels": 3, "out_channels": 3, "scaling_factor": 0.18215, "sample_size": 64,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    });
+    std::fs::create_dir_all(root.join("vae")).unwrap();
+    std::fs::write(root.join("vae/config.json"), vae.to_string()).unwrap();
+    let c = pseudoword::models::AutoencoderKLConfig::from_json(&vae.to_string(), "vae/config.json").unwrap();
+    write_random(&root.join("vae/diffusion_pytorch_model.safetensors"), &pseudoword::models::AutoencoderKL::param_specs(&c), &mut rng);
+    std::fs::create_dir_all(root.join("scheduler")).unwrap();
+    let sched = serde_json::json!({
+        "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": false,
+        "steps_offset": 1, "skip_prk_steps": true
+    });
+    std::fs::write(root.join("scheduler/scheduler_config.json"), sched.to_string()).unwrap();
+}
+
+fn run_generate(root: &Path, out: &Path, extra: &[&str]) -> Vec<f32> {
+    let tensors = out.with_extension("safetensors");
+    let mut args = vec!["generate", "--model", root.to_str().unwrap(), "--prompt", "a photo of a cat", "--seed", "7", "--device", "cpu"];
+    args.extend_from_slice(&["--out", out.to_str().unwrap(), "--out-tensor", tensors.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let j = json(&pw(&args));
+    assert_eq!(j["seed"], 7);
+    read_golden(&tensors).get("image").f.clone()
+}
+
+#[test]
+fn generate_on_an_sd2_style_folder_honours_v_prediction_trailing_and_no_cfg() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sd2");
+    sd2_style_full_folder(&root);
+    let png_path = dir.path().join("a.png");
+    // a 1-step, no-CFG run with trailing spacing (a held-back case of this kind)
+    let base = run_generate(&root, &png_path, &["--steps", "1", "--guidance", "1", "--timestep-spacing", "trailing"]);
+    assert_eq!(base.len(), 64 * 64 * 3);
+    assert!(base.iter().all(|v| (0.0..=1.0).contains(v)));
+    let bytes = std::fs::read(&png_path).unwrap();
+    let text = pseudoword::pipeline::png_out::read_parameters(&bytes).unwrap();
+    assert!(text.starts_with("a photo of a cat\nSteps: 1, Sampler: DDIM, CFG scale: 1, Seed: 7, Size: 64x64, Model: sd2"), "{text}");
+    // the flags reach the scheduler: each changes the image
+    let eps = run_generate(&root, &dir.path().join("b.png"), &["--steps", "1", "--guidance", "1", "--timestep-spacing", "trailing", "--prediction-type", "epsilon"]);
+    assert!(max_abs_diff(&base, &eps) > 1e-4, "prediction type had no effect");
+    let leading = run_generate(&root, &dir.path().join("c.png"), &["--steps", "1", "--guidance", "1", "--timestep-spacing", "leading"]);
+    assert!(max_abs_diff(&base, &leading) > 1e-4, "timestep spacing had no effect");
+    // same seed, same flags: same image
+    assert_eq!(base, run_generate(&root, &dir.path().join("d.png"), &["--steps", "1", "--guidance", "1", "--timestep-spacing", "trailing"]));
+    // CFG, 2 images, another scheduler
+    let out = json(&pw(&[
+        "generate", "--model", root.to_str().unwrap(), "--prompt", "a cat", "--negative-prompt", "blurry", "--steps", "2",
+        "--scheduler", "dpm++2m-karras", "--num-images", "2", "--out", dir.path().join("e.png").to_str().unwrap(), "--device", "cpu",
+    ]));
+    assert_eq!(out["out"].as_array().unwrap().len(), 2);
+    assert!(dir.path().join("e-0.png").is_file() && dir.path().join("e-1.png").is_file());
+}
+
+#[test]
+fn generate_with_diffusers_latents_reproduces_the_golden_image() {
+    let g = read_golden(&tiny_sd1().join("goldens/pipelines.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    write_safetensors(&latents, &[f32_blob("latents", &[1, 4, 32, 32], &g.get("latents_in").f)], None);
+    let png_path = dir.path().join("cat.png");
+    let image = run_generate(&tiny_sd1(), &png_path, &["--scheduler", "ddim", "--steps", "4", "--latents", latents.to_str().unwrap()]);
+    assert_close("generate --latents ddim 4", &image, &g.get("ddim_4_image").f, 1e-4);
+    let text = pseudoword::pipeline::png_out::read_parameters(&std::fs::read(&png_path).unwrap()).unwrap();
+    assert!(text.contains("Steps: 4, Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 256x256, Model: tiny-sd1"), "{text}");
+    // bad inputs are clear errors
+    let out = pw(&["generate", "--model", tiny_sd1().to_str().unwrap(), "--prompt", "x", "--width", "100", "--out", "/tmp/x.png", "--device", "cpu"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("multiples of 8"));
+    let out = pw(&["generate", "--model", tiny_sd1().to_str().unwrap(), "--prompt", "x", "--scheduler", "heun", "--out", "/tmp/x.png"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("heun"));
+}
