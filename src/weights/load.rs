@@ -40,6 +40,11 @@ impl TensorMap {
         t.reshape(dims)
     }
 
+    /// A map of tensors made in code (benchmarks with random weights): `(spec, flat tensor)`.
+    pub fn from_tensors(name: impl Into<String>, tensors: Vec<(ParamSpec, Tensor<1>)>) -> Self {
+        Self { file: name.into(), tensors: tensors.into_iter().map(|(s, t)| (s.key, (t, s.shape))).collect() }
+    }
+
     /// Keys not taken yet (should be empty after a module is built).
     pub fn remaining(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod generate;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
@@ -40,6 +41,11 @@ pub(crate) struct Common {
 enum Command {
     /// Text to image: writes a PNG with AUTOMATIC1111 `parameters` (and optionally tensors).
     Generate(Box<generate::GenerateArgs>),
+    /// Benchmarks with real architectures and random weights.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
     /// Tokenize a prompt like the pipeline does; prints one JSON object.
     Tokenize {
         #[command(flatten)]
@@ -80,6 +86,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
         Command::Generate(args) => generate::run(*args),
+        Command::Bench { what } => bench::run(what),
         Command::Encode { common, prompt, out, variant, all_hidden_states } => {
             encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states)
         }

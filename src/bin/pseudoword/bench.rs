@@ -1,0 +1,64 @@
+//! `pseudoword bench generate`: real architectures with random weights, timings and memory.
+
+use clap::{Args, Subcommand};
+use pseudoword::bench::{Arch, bench_generate};
+use pseudoword::error::Error;
+use pseudoword::native::{DeviceChoice, select_device};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time UNet steps (CFG batch of 2) and the VAE decode at a given size; prints one JSON object.
+    Generate(BenchGenerate),
+}
+
+#[derive(Args)]
+pub struct BenchGenerate {
+    /// sd15 | sd21 | bk-sdm-tiny
+    #[arg(long, default_value = "sd15")]
+    arch: Arch,
+    /// Image size in pixels (square).
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// f32 | f16 (f16 weights and compute need an adapter with shader-f16).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Queries per attention chunk (memory-efficient attention); 0 = unchunked.
+    #[arg(long, default_value_t = pseudoword::models::DEFAULT_QUERY_CHUNK_SIZE)]
+    query_chunk: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), Error> {
+    match cmd {
+        BenchCommand::Generate(a) => {
+            if a.dtype != "f32" {
+                return Err(Error::Input(format!(
+                    "--dtype {} is not implemented yet: the bench runs f32 weights and compute (f16 storage is the next step)",
+                    a.dtype
+                )));
+            }
+            let (device, name) = select_device(a.device)?;
+            let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
+            let report = bench_generate(a.arch, a.size, a.steps, &device, name, chunk)?;
+            let steps = &report.unet_step_seconds;
+            let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
+            eprintln!(
+                "{:?} {}x{} on {}: {:.2} s per UNet step (mean of {}), VAE decode {:.2} s, peak memory {:.2} GiB ({})",
+                a.arch,
+                a.size,
+                a.size,
+                name,
+                mean,
+                steps.len(),
+                report.vae_decode_seconds,
+                report.peak_memory_bytes as f64 / (1u64 << 30) as f64,
+                report.memory_source
+            );
+            println!("{}", serde_json::to_string(&report).expect("report serializes"));
+            Ok(())
+        }
+    }
+}
