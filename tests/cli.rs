@@ -296,3 +296,18 @@ fn generate_with_diffusers_latents_reproduces_the_golden_image() {
     let out = pw(&["generate", "--model", tiny_sd1().to_str().unwrap(), "--prompt", "x", "--scheduler", "heun", "--out", "/tmp/x.png"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("heun"));
 }
+
+#[test]
+fn bench_generate_reports_timings_and_memory() {
+    let out = json(&pw(&["bench", "generate", "--arch", "bk-sdm-tiny", "--size", "64", "--steps", "2", "--device", "cpu"]));
+    assert_eq!(out["arch"], "BkSdmTiny");
+    assert_eq!(out["unet_step_seconds"].as_array().unwrap().len(), 2);
+    assert!(out["vae_decode_seconds"].as_f64().unwrap() > 0.0);
+    assert!(out["peak_memory_bytes"].as_u64().unwrap() > 1 << 30, "random weights alone are > 1 GiB in f32");
+    // BK-SDM-Tiny's UNet has about 323M parameters, the SD VAE 83.7M
+    let p = out["unet_parameters"].as_u64().unwrap();
+    assert!((300_000_000..350_000_000).contains(&p), "{p}");
+    assert_eq!(out["vae_parameters"], 83_653_863);
+    let bad = pw(&["bench", "generate", "--arch", "sd15", "--dtype", "f16", "--device", "cpu"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("f16"));
+}

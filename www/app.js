@@ -8,16 +8,28 @@ const api = {
   info: null, // session.info() of the loaded model, or null
   last: null, // last encode result, `data` as a plain array
   error: null, // last error message, or null
-  state: "idle", // "idle" | "loading" | "loaded" | "encoding" | "error"
+  state: "idle", // "idle" | "loading" | "loaded" | "encoding" | "generating" | "error"
   seq: 0, // number of encode results so far (lets tests wait for a new one)
+  // Image generation: state "idle" | "running" | "done" | "cancelled" | "error"; done/total steps;
+  // result {width, height, image (plain array, NHWC [H*W*3] in [0,1]), parameters, png_size, seed,
+  // scheduler, millis}; seq counts finished runs (done, cancelled or failed).
+  // history: the `done` of every progress message of the current run.
+  generation: { state: "idle", done: 0, total: 0, elapsed_ms: 0, eta_ms: null, result: null, error: null, seq: 0, history: [] },
+  // Test hook: the next Generate passes these initial latents ([1,4,H/8,W/8] row-major, before
+  // init_noise_sigma scaling, like diffusers' `latents=`) to the worker; null = seeded noise.
+  setLatents(values) {
+    nextLatents = values == null ? null : Float32Array.from(values);
+    return nextLatents ? nextLatents.length : 0;
+  },
 };
 window.__pseudoword = api;
 
 let busy = false;
+let nextLatents = null;
 
 function setState(state) {
   api.state = state;
-  busy = state === "loading" || state === "encoding";
+  busy = state === "loading" || state === "encoding" || state === "generating";
   document.body.dataset.state = state;
   document.body.setAttribute("aria-busy", busy ? "true" : "false");
   updateControls();
@@ -29,6 +41,12 @@ function updateControls() {
   $("model-url").disabled = busy;
   $("weights").disabled = busy;
   $("encode-button").disabled = !api.info || busy;
+  $("generate-button").disabled = !canGenerate() || busy;
+  $("cancel-button").disabled = api.state !== "generating" || cancelRequested;
+}
+
+function canGenerate() {
+  return !!(api.info && api.info.can_generate);
 }
 
 function showError(el, message) {
@@ -288,12 +306,12 @@ function getWorker() {
   return worker;
 }
 
-function request(command, payload, onProgress) {
+function request(command, payload, onProgress, transfer = []) {
   const id = nextId++;
   return new Promise((resolve, reject) => {
     pending.set(id, { resolve, reject, onProgress });
     try {
-      getWorker().postMessage({ id, command, ...payload });
+      getWorker().postMessage({ id, command, ...payload }, transfer);
     } catch (err) {
       pending.delete(id);
       reject(err);
@@ -331,10 +349,13 @@ function onProgress(msg) {
     const bar = $("weights-progress");
     bar.max = Math.max(1, msg.total || 1);
     bar.value = msg.loaded || 0;
-    $("weights-text").textContent = `${msg.loaded} / ${msg.total} tensors`;
-    $("load-status").textContent = `Uploading weights to the GPU: ${msg.key || ""}`;
+    const component = COMPONENTS[msg.component] || msg.component || "";
+    $("weights-text").textContent = `${component ? component + ": " : ""}${msg.loaded} / ${msg.total} tensors`;
+    $("load-status").textContent = `Uploading ${component || "weights"} weights to the GPU: ${msg.key || ""}`;
   }
 }
+
+const COMPONENTS = { text_encoder: "text encoder", unet: "UNet", vae: "VAE" };
 
 function normalizeBaseUrl(raw) {
   const text = raw.trim() || "/models/tiny-sd1/";
@@ -364,8 +385,9 @@ async function onLoad(event) {
   }
   const variant = $("weights").value;
   api.info = null;
-  $("model-info").hidden = true;
+  $("model-details").hidden = true;
   $("encode-result").hidden = true;
+  resetGeneration();
   $("token-count").textContent = "";
   resetProgress();
   $("load-status").textContent = `Loading ${baseUrl} (${variant})…`;
@@ -375,13 +397,18 @@ async function onLoad(event) {
     api.info = msg.info;
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
     fillKv($("model-info"), [
-      ...Object.entries(msg.info).map(([k, v]) => [k, typeof v === "number" && k.endsWith("_ms") ? `${v.toFixed(0)} ms` : v]),
+      ...Object.entries(msg.info).map(([k, v]) => [
+        k,
+        typeof v === "number" && k.endsWith("_ms") ? `${v.toFixed(0)} ms` : v && typeof v === "object" ? JSON.stringify(v) : v,
+      ]),
       ["download", `${(msg.download_ms / 1000).toFixed(2)} s`],
       ["total load", `${(msg.total_ms / 1000).toFixed(2)} s`],
       ...fileRows,
     ]);
-    $("model-info").hidden = false;
-    $("load-status").textContent = `Loaded ${baseUrl} (${variant}).`;
+    $("model-details").hidden = false;
+    $("load-status").textContent =
+      `Loaded ${baseUrl} (${variant})` + (canGenerate() ? ": ready to generate." : ": text encoder only (no UNet/VAE found).");
+    setupGeneration(msg.info);
     setState("loaded");
     scheduleTokenCount();
   } catch (err) {
@@ -453,6 +480,271 @@ function scheduleTokenCount() {
   }, 200);
 }
 
+// ---------------------------------------------------------------- generation
+
+const SAMPLER_LABELS = {
+  ddim: "DDIM",
+  pndm: "PNDM / PLMS",
+  plms: "PNDM / PLMS",
+  euler: "Euler",
+  eulera: "Euler a",
+  eulerancestral: "Euler a",
+  eulerancestraldiscrete: "Euler a",
+  eulerdiscrete: "Euler",
+  dpm2m: "DPM++ 2M",
+  dpmpp2m: "DPM++ 2M",
+  dpmsolvermultistep: "DPM++ 2M",
+  dpm2mkarras: "DPM++ 2M Karras",
+  dpmpp2mkarras: "DPM++ 2M Karras",
+  lms: "LMS",
+  lmsdiscrete: "LMS",
+};
+
+function samplerLabel(name) {
+  if (name === undefined || name === null || name === "") return "";
+  const key = String(name).toLowerCase().replace(/scheduler$/, "").replace(/[^a-z0-9]/g, "");
+  return SAMPLER_LABELS[key] || String(name);
+}
+
+// info.default_size: a number (square), [width, height] or {width, height}.
+function defaultSize(info) {
+  const d = info && info.default_size;
+  if (Array.isArray(d) && d.length >= 2) return [Number(d[0]), Number(d[1])];
+  if (d && typeof d === "object") return [Number(d.width), Number(d.height)];
+  if (Number.isFinite(Number(d)) && Number(d) > 0) return [Number(d), Number(d)];
+  return [512, 512];
+}
+
+let cancelRequested = false;
+let pngUrl = null;
+let shownSeed = null; // seed of the image on show
+
+function setGeneration(patch) {
+  Object.assign(api.generation, patch);
+  document.body.dataset.generation = api.generation.state;
+  // The image on show belongs to the last finished run: dim it while another runs or after one
+  // was cancelled or failed.
+  const stale = api.generation.state !== "done";
+  $("gen-figure").classList.toggle("stale", stale);
+  $("gen-previous").hidden = !stale;
+}
+
+function resetGeneration() {
+  setGeneration({ state: "idle", done: 0, total: 0, elapsed_ms: 0, eta_ms: null, result: null, error: null, history: [] });
+  $("generate-panel").hidden = true;
+  $("gen-figure").hidden = true;
+  $("gen-parameters-box").hidden = true;
+  $("gen-progress").max = 1;
+  $("gen-progress").value = 0;
+  $("gen-status").textContent = "Not started.";
+  showError($("gen-error"), "");
+  if (pngUrl) URL.revokeObjectURL(pngUrl);
+  pngUrl = null;
+  shownSeed = null;
+}
+
+function setupGeneration(info) {
+  resetGeneration();
+  if (!info || !info.can_generate) return;
+  const [w, h] = defaultSize(info);
+  $("gen-width").value = String(w);
+  $("gen-height").value = String(h);
+  const label = samplerLabel(info.default_scheduler);
+  $("gen-scheduler").options[0].textContent = label ? `Model default (${label})` : "Model default";
+  $("generate-panel").hidden = false;
+}
+
+function fmtDuration(ms) {
+  if (ms == null || !Number.isFinite(ms)) return "?";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${String(Math.round(s - 60 * m)).padStart(2, "0")} s`;
+}
+
+// Reads and checks the form; throws an Error naming the bad field.
+function readGenerationForm() {
+  const int = (id, name, lo, hi) => {
+    const text = $(id).value.trim();
+    const v = Number(text);
+    if (text === "" || !Number.isInteger(v) || v < lo || v > hi) {
+      $(id).setAttribute("aria-invalid", "true");
+      throw new Error(`${name} must be a whole number from ${lo} to ${hi} (got ${JSON.stringify(text)}).`);
+    }
+    $(id).removeAttribute("aria-invalid");
+    return v;
+  };
+  const steps = int("gen-steps", "Steps", 1, 500);
+  const gText = $("gen-guidance").value.trim();
+  const guidance = Number(gText);
+  if (gText === "" || !Number.isFinite(guidance) || guidance < 0 || guidance > 50) {
+    $("gen-guidance").setAttribute("aria-invalid", "true");
+    throw new Error(`Guidance must be a number from 0 to 50 (got ${JSON.stringify(gText)}).`);
+  }
+  $("gen-guidance").removeAttribute("aria-invalid");
+  const width = int("gen-width", "Width", 8, 4096);
+  const height = int("gen-height", "Height", 8, 4096);
+  for (const [id, name, v] of [["gen-width", "Width", width], ["gen-height", "Height", height]]) {
+    if (v % 8 !== 0) {
+      $(id).setAttribute("aria-invalid", "true");
+      throw new Error(`${name} must be a multiple of 8 (got ${v}; try ${Math.max(8, Math.round(v / 8) * 8)}).`);
+    }
+  }
+  const params = {
+    prompt: $("gen-prompt").value,
+    negative_prompt: $("gen-negative").value,
+    scheduler: $("gen-scheduler").value,
+    steps,
+    guidance,
+    width,
+    height,
+  };
+  const seedText = $("gen-seed").value.trim();
+  if (seedText !== "") {
+    const seed = Number(seedText);
+    if (!/^\d+$/.test(seedText) || !Number.isSafeInteger(seed)) {
+      $("gen-seed").setAttribute("aria-invalid", "true");
+      throw new Error(`Seed must be empty (random) or a whole number from 0 to ${Number.MAX_SAFE_INTEGER} (got ${JSON.stringify(seedText)}).`);
+    }
+    params.seed = seed;
+  }
+  $("gen-seed").removeAttribute("aria-invalid");
+  return params;
+}
+
+function onGenerateProgress(msg) {
+  const g = api.generation;
+  if (msg.stage === "generate") {
+    g.history.push(msg.done);
+    setGeneration({ done: msg.done, total: msg.total, elapsed_ms: msg.elapsed_ms, eta_ms: msg.eta_ms, seed: msg.seed });
+    const bar = $("gen-progress");
+    bar.max = Math.max(1, msg.total);
+    bar.value = msg.done;
+    const eta = msg.eta_ms == null ? "ETA: after the first step" : `ETA ${fmtDuration(msg.eta_ms)}`;
+    const seed = msg.seed !== undefined && msg.seed !== null ? `, seed ${msg.seed}` : "";
+    $("gen-status").textContent = cancelRequested
+      ? `Step ${msg.done} / ${msg.total}: cancelling after the current step…`
+      : `Step ${msg.done} / ${msg.total}, ${eta} (elapsed ${fmtDuration(msg.elapsed_ms)}${seed})`;
+  } else if (msg.stage === "decode") {
+    setGeneration({ done: msg.done, total: msg.total, elapsed_ms: msg.elapsed_ms, eta_ms: 0 });
+    $("gen-status").textContent = `Step ${g.done} / ${g.total} done; decoding the image (VAE)…`;
+  }
+}
+
+function drawImage(canvas, image, width, height) {
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  const out = ctx.createImageData(width, height);
+  const px = out.data;
+  const n = width * height;
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < 3; c++) {
+      const v = image[3 * i + c];
+      px[4 * i + c] = Math.round(Math.min(1, Math.max(0, Number.isNaN(v) ? 0 : v)) * 255);
+    }
+    px[4 * i + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+}
+
+function showResult(result) {
+  const { width, height, seed } = result;
+  drawImage($("gen-canvas"), result.image, width, height);
+  const firstLine = String(result.parameters || "").split("\n")[0];
+  $("gen-canvas").setAttribute("aria-label", `Generated image, ${width}×${height}: ${firstLine || "(empty prompt)"}`);
+  $("gen-seed-used").textContent = `Seed: ${seed}`;
+  shownSeed = seed;
+  if (pngUrl) URL.revokeObjectURL(pngUrl);
+  pngUrl = URL.createObjectURL(new Blob([result.png], { type: "image/png" }));
+  const a = $("gen-download");
+  a.href = pngUrl;
+  a.download = `pseudoword-${seed}.png`;
+  a.textContent = `Download PNG (${fmtBytes(result.png.byteLength)})`;
+  $("gen-parameters").textContent = result.parameters || "";
+  $("gen-figure").hidden = false;
+  $("gen-parameters-box").hidden = !result.parameters;
+}
+
+async function onGenerate(event) {
+  event?.preventDefault();
+  if (busy || !canGenerate()) return;
+  showError($("gen-error"), "");
+  api.error = null;
+  let params;
+  try {
+    params = readGenerationForm();
+  } catch (err) {
+    showError($("gen-error"), errorText(err));
+    return;
+  }
+  const latents = nextLatents;
+  nextLatents = null; // one run only
+  cancelRequested = false;
+  setGeneration({ state: "running", done: 0, total: params.steps, elapsed_ms: 0, eta_ms: null, result: null, error: null, history: [] });
+  $("gen-progress").max = params.steps;
+  $("gen-progress").value = 0;
+  $("gen-status").textContent = `Starting (${params.steps} steps${latents ? ", given initial latents" : ""})…`;
+  setState("generating");
+  try {
+    const payload = latents ? { params, latents } : { params };
+    const msg = await request("generate", payload, onGenerateProgress, latents ? [latents.buffer] : []);
+    const g = api.generation;
+    if (msg.status === "cancelled") {
+      setGeneration({ state: "cancelled", done: msg.done, total: msg.total || g.total, eta_ms: null, seq: g.seq + 1 });
+      $("gen-status").textContent = `Cancelled after step ${msg.done} / ${msg.total || g.total}.`;
+    } else {
+      const r = msg.result;
+      showResult(r);
+      setGeneration({
+        state: "done",
+        done: r.total_steps,
+        total: r.total_steps,
+        eta_ms: 0,
+        elapsed_ms: r.elapsed_ms,
+        result: {
+          width: r.width,
+          height: r.height,
+          image: Array.from(r.image),
+          parameters: r.parameters,
+          png_size: r.png.byteLength,
+          seed: r.seed,
+          scheduler: r.scheduler,
+          millis: r.millis,
+        },
+        seq: g.seq + 1,
+      });
+      $("gen-progress").max = Math.max(1, r.total_steps);
+      $("gen-progress").value = r.total_steps;
+      $("gen-status").textContent =
+        `Done: ${r.total_steps} steps, ${r.width}×${r.height}, seed ${r.seed}, in ${fmtDuration(r.elapsed_ms)}.`;
+    }
+    setState("loaded");
+  } catch (err) {
+    api.error = errorText(err);
+    setGeneration({ state: "error", error: api.error, eta_ms: null, seq: api.generation.seq + 1 });
+    showError($("gen-error"), api.error);
+    $("gen-status").textContent = "Generation failed.";
+    setState("error");
+  } finally {
+    cancelRequested = false;
+    updateControls();
+  }
+}
+
+async function onCancel() {
+  if (api.state !== "generating" || cancelRequested) return;
+  cancelRequested = true;
+  updateControls();
+  $("gen-status").textContent = `Step ${api.generation.done} / ${api.generation.total}: cancelling after the current step…`;
+  try {
+    await request("cancel", {});
+  } catch (err) {
+    showError($("gen-error"), `Cancel failed: ${errorText(err)}`);
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 $("load-form").addEventListener("submit", onLoad);
@@ -464,6 +756,23 @@ $("prompt").addEventListener("keydown", (event) => {
   }
 });
 $("prompt").addEventListener("input", scheduleTokenCount);
+$("generate-form").addEventListener("submit", onGenerate);
+$("cancel-button").addEventListener("click", onCancel);
+for (const id of ["gen-prompt", "gen-negative"]) {
+  $(id).addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      onGenerate();
+    }
+  });
+}
+$("gen-reuse-seed").addEventListener("click", () => {
+  if (shownSeed !== undefined && shownSeed !== null) {
+    $("gen-seed").value = String(shownSeed);
+    $("gen-seed").focus();
+  }
+});
 
 setState("idle");
+resetGeneration();
 probeGpu().then(renderGpu);

@@ -5,22 +5,48 @@
 //     {id, command: "load", baseUrl, variant: "fp32" | "fp16"}
 //     {id, command: "encode", prompt}
 //     {id, command: "tokenize", prompt}
+//     {id, command: "generate", params: {prompt, negative_prompt, scheduler, steps, guidance, seed?,
+//                                       width, height}, latents?: Float32Array [1,4,H/8,W/8]}
+//     {id, command: "cancel"}          // handled at once, never queued (see below)
 //   worker -> main
 //     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file}
-//     {id, status: "progress", stage: "weights", loaded, total /* tensors */, key}
+//     {id, status: "progress", stage: "weights", component: "text_encoder" | "unet" | "vae",
+//          loaded, total /* tensors of that component */, key}
 //     {id, status: "loaded", info, files: {path: bytes}, download_ms, total_ms}
 //     {id, status: "result", command: "encode", result: {input_ids, tokens, shape, data: Float32Array,
 //                                                        millis, min, max, mean, std}}
 //     {id, status: "result", command: "tokenize", result: {input_ids, ids, tokens}}
+//     {id, status: "progress", stage: "generate", done, total, elapsed_ms, step_ms, eta_ms /* null
+//          until a step finished */, seed, width, height, scheduler}   // once with done 0, then per step
+//     {id, status: "progress", stage: "decode", done, total, elapsed_ms}  // VAE decode + PNG encode
+//     {id, status: "result", command: "generate", result: {image: Float32Array [H*W*3] NHWC in [0,1],
+//          png: Uint8Array, width, height, parameters, seed, scheduler, total_steps, millis,
+//          elapsed_ms}}                // image and png buffers are transferred
+//     {id, status: "cancelled", command: "generate", done, total}
+//     {id, status: "result", command: "cancel", result: {running: bool, queued: n}}
 //     {id, status: "error", command, message}
-// Commands run one at a time, in order of arrival.
+// Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
+// makes the running generation stop before its next step (and queued ones never start).
 
 const WEIGHTS = {
   fp32: "text_encoder/model.safetensors",
   fp16: "text_encoder/model.fp16.safetensors",
 };
 const REQUIRED = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json"];
-const OPTIONAL = ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"];
+const OPTIONAL = [
+  "tokenizer/tokenizer_config.json",
+  "tokenizer/special_tokens_map.json",
+  "model_index.json",
+  "scheduler/scheduler_config.json",
+  "unet/config.json",
+  "vae/config.json",
+];
+// UNet and VAE weights: optional (without them the model only encodes), variant as selected;
+// when the selected variant is missing the other one is used.
+const COMPONENT_WEIGHTS = {
+  fp32: ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"],
+  fp16: ["unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"],
+};
 
 let wasm = null; // the imported ./pkg/pseudoword.js module, initialised
 let session = null;
@@ -97,7 +123,7 @@ async function fetchBlob(url, { optional, signal, onHeaders, onChunk }) {
   }
   if (!response.ok) {
     if (optional && response.status === 404) {
-      onHeaders(0);
+      onHeaders(0, true);
       return null;
     }
     throw new Error(`HTTP ${response.status}${response.statusText ? " " + response.statusText : ""} for ${url}`);
@@ -124,13 +150,15 @@ async function fetchBlob(url, { optional, signal, onHeaders, onChunk }) {
   return new Blob(chunks, { type });
 }
 
-async function download(id, baseUrl, weightsPath, controller) {
+async function download(id, baseUrl, variant, controller) {
   const base = new URL(baseUrl, self.location.href);
   if (!base.pathname.endsWith("/")) base.pathname += "/";
+  const other = variant === "fp16" ? "fp32" : "fp16";
   const wanted = [
     ...REQUIRED.map((p) => ({ path: p, optional: false })),
-    { path: weightsPath, optional: false },
+    { path: WEIGHTS[variant], optional: false },
     ...OPTIONAL.map((p) => ({ path: p, optional: true })),
+    ...COMPONENT_WEIGHTS[variant].map((p, i) => ({ path: p, optional: true, fallback: COMPONENT_WEIGHTS[other][i] })),
   ];
   const sizes = new Map(); // path -> bytes (null = unknown), known once headers arrive
   let loaded = 0;
@@ -143,22 +171,31 @@ async function download(id, baseUrl, weightsPath, controller) {
 
   const t0 = performance.now();
   const results = await Promise.all(
-    wanted.map(async ({ path, optional }) => {
-      const url = new URL(path, base).href;
-      try {
-        const blob = await fetchBlob(url, {
-          optional,
+    wanted.map(async ({ path, optional, fallback }) => {
+      const get = (p, onHeaders) =>
+        fetchBlob(new URL(p, base).href, {
+          optional: optional || p === fallback,
           signal: controller.signal,
-          onHeaders: (len) => {
-            sizes.set(path, len);
-            report(false);
-          },
+          onHeaders,
           onChunk: (n) => {
             loaded += n;
-            current = path;
+            current = p;
             report(false);
           },
         });
+      // Sizes count once the (final) response's headers are in; a 404 with a fallback waits.
+      const known = (len) => {
+        sizes.set(path, len);
+        report(false);
+      };
+      try {
+        const blob = await get(path, (len, missing) => {
+          if (!(missing && fallback)) known(len);
+        });
+        if (blob === null && fallback) {
+          // Selected variant absent: take the other one (keyed by its own file name).
+          return [fallback, await get(fallback, known)];
+        }
         return [path, blob];
       } catch (err) {
         controller.abort(err);
@@ -199,19 +236,32 @@ async function load(msg) {
   const controller = new AbortController();
   const wasmReady = ensureWasm();
   wasmReady.catch((err) => controller.abort(err));
-  const downloaded = download(id, msg.baseUrl, WEIGHTS[variant], controller);
+  const downloaded = download(id, msg.baseUrl, variant, controller);
   downloaded.catch(() => {});
   const mod = await wasmReady;
   const { files, bytes, ms } = await downloaded;
 
   const report = throttle((p) => {
-    postMessage({ id, status: "progress", stage: "weights", loaded: p.loaded, total: p.total, key: p.key });
+    postMessage({
+      id,
+      status: "progress",
+      stage: "weights",
+      component: p.stage || "text_encoder",
+      loaded: p.loaded,
+      total: p.total,
+      key: p.key,
+    });
   }, 50);
+  let component = null;
   let s;
+  // The model's name for image metadata (A1111 "Model:"): the last segment of its URL.
+  files.__name = new URL(msg.baseUrl, self.location.href).pathname.split("/").filter(Boolean).pop() || "model";
   try {
     s = await mod.Session.load(files, (p) => {
       p = plain(p) || {};
-      report(p.loaded === p.total, p);
+      const first = p.stage !== component; // always show a component's first and last tensor
+      component = p.stage;
+      report(first || p.loaded === p.total, p);
     });
   } catch (err) {
     throw new Error("Loading the model failed: " + errorMessage(err));
@@ -253,17 +303,144 @@ function tokenize({ id, prompt }) {
   postMessage({ id, status: "result", command: "tokenize", result: r });
 }
 
-const HANDLERS = { load, encode, tokenize };
+// ---------------------------------------------------------------- generation
+
+const SCHEDULERS = new Set(["", "ddim", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "lms"]);
+
+let running = null; // {id, cancel: bool} of the generation in progress
+const queuedGenerates = new Set(); // ids of generate commands waiting in the queue
+const cancelledIds = new Set(); // queued generate ids cancelled before they started
+
+// Lets the event loop run (so a "cancel" message is seen) between two steps.
+const yieldToEventLoop = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+async function maybeAwait(v) {
+  return v && typeof v.then === "function" ? await v : v;
+}
+
+function generationParams(p) {
+  p = p || {};
+  const params = {
+    prompt: String(p.prompt ?? ""),
+    negative_prompt: String(p.negative_prompt ?? ""),
+    scheduler: String(p.scheduler ?? ""),
+    steps: Number(p.steps),
+    guidance: Number(p.guidance),
+    width: Number(p.width),
+    height: Number(p.height),
+  };
+  if (!SCHEDULERS.has(params.scheduler)) throw new Error(`Unknown scheduler ${JSON.stringify(params.scheduler)}`);
+  if (p.seed !== undefined && p.seed !== null && p.seed !== "") params.seed = Number(p.seed);
+  return params;
+}
+
+async function generate(msg) {
+  const { id } = msg;
+  queuedGenerates.delete(id);
+  if (cancelledIds.delete(id)) {
+    postMessage({ id, status: "cancelled", command: "generate", done: 0, total: 0 });
+    return;
+  }
+  const s = requireSession();
+  const info = plain(s.info()) || {};
+  if (!info.can_generate) {
+    throw new Error("This model cannot generate images: its folder has no UNet/VAE (unet/, vae/, scheduler/) next to the text encoder.");
+  }
+  const params = generationParams(msg.params);
+  let latents;
+  if (msg.latents != null) latents = msg.latents instanceof Float32Array ? msg.latents : Float32Array.from(msg.latents);
+  const t0 = performance.now();
+  const started = plain(s.start_generation(params, latents)) || {};
+  const total = Number(started.total_steps ?? params.steps);
+  const meta = { seed: started.seed, width: started.width, height: started.height, scheduler: started.scheduler };
+  const job = { id, cancel: false };
+  running = job;
+  try {
+    postMessage({ id, status: "progress", stage: "generate", done: 0, total, elapsed_ms: 0, step_ms: null, eta_ms: null, ...meta });
+    let done = 0;
+    let firstDoneAt = null; // the first step also compiles the shaders: estimate from the later ones
+    let last = t0;
+    while (done < total) {
+      await yieldToEventLoop();
+      if (job.cancel) {
+        try {
+          await maybeAwait(s.cancel_generation());
+        } catch {
+          /* nothing to cancel */
+        }
+        postMessage({ id, status: "cancelled", command: "generate", done, total });
+        return;
+      }
+      const r = plain(await s.step_generation()) || {};
+      const now = performance.now();
+      const prev = done;
+      done = Number(r.done);
+      if (!(done > prev)) throw new Error(`step_generation made no progress (done ${r.done} of ${r.total} after ${prev})`);
+      const stepMs = now - last;
+      last = now;
+      if (firstDoneAt === null) firstDoneAt = { t: now, done };
+      const elapsed = now - t0;
+      const perStep = done > firstDoneAt.done ? (now - firstDoneAt.t) / (done - firstDoneAt.done) : elapsed / Math.max(1, done);
+      const eta = Math.max(0, total - done) * perStep;
+      postMessage({ id, status: "progress", stage: "generate", done, total, elapsed_ms: elapsed, step_ms: stepMs, eta_ms: eta, ...meta });
+    }
+    postMessage({ id, status: "progress", stage: "decode", done, total, elapsed_ms: performance.now() - t0 });
+    const f = plain(await s.finish_generation()) || {};
+    // Own copies (the originals may view wasm memory), then transfer them.
+    const image = Float32Array.from(f.image ?? []);
+    const png = Uint8Array.from(f.png ?? []);
+    const result = {
+      image,
+      png,
+      width: Number(f.width ?? meta.width),
+      height: Number(f.height ?? meta.height),
+      parameters: String(f.parameters ?? ""),
+      seed: meta.seed,
+      scheduler: meta.scheduler,
+      total_steps: total,
+      millis: f.millis,
+      elapsed_ms: performance.now() - t0,
+    };
+    postMessage({ id, status: "result", command: "generate", result }, [image.buffer, png.buffer]);
+  } catch (err) {
+    try {
+      await maybeAwait(s.cancel_generation()); // leave the session ready for the next one
+    } catch {
+      /* already reset */
+    }
+    throw err;
+  } finally {
+    if (running === job) running = null;
+  }
+}
+
+function cancel({ id }) {
+  const wasRunning = !!running;
+  if (running) running.cancel = true;
+  const queued = queuedGenerates.size;
+  for (const q of queuedGenerates) cancelledIds.add(q);
+  queuedGenerates.clear();
+  postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued } });
+}
+
+const HANDLERS = { load, encode, tokenize, generate };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {
   const msg = event.data || {};
+  if (msg.command === "cancel") {
+    // Not queued: the generation it targets is what occupies the queue.
+    cancel(msg);
+    return;
+  }
+  if (msg.command === "generate") queuedGenerates.add(msg.id);
   queue = queue.then(async () => {
     const handler = HANDLERS[msg.command];
     try {
       if (!handler) throw new Error(`Unknown command ${JSON.stringify(msg.command)}`);
       await handler(msg);
     } catch (err) {
+      queuedGenerates.delete(msg.id);
       postMessage({ id: msg.id, status: "error", command: msg.command, message: errorMessage(err) });
     }
   });

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
-// tests/fixtures/tiny-sd1/goldens/text_encoder.safetensors. Exit code 1 on any failure.
-// Screenshots go to tests/browser/artifacts/. Env: PSEUDOWORD_CASES (like --cases),
-// PSEUDOWORD_LOAD_TIMEOUT_MS (default 900000), PSEUDOWORD_ENCODE_TIMEOUT_MS (default 300000).
+// tests/fixtures/tiny-sd1/goldens/{text_encoder,pipelines}.safetensors. Exit code 1 on any
+// failure. Screenshots go to tests/browser/artifacts/. Env: PSEUDOWORD_CASES (like --cases),
+// PSEUDOWORD_LOAD_TIMEOUT_MS (default 900000), PSEUDOWORD_ENCODE_TIMEOUT_MS (default 300000),
+// PSEUDOWORD_GENERATE_TIMEOUT_MS (default 1800000: SwiftShader is a CPU rasterizer),
+// PSEUDOWORD_PKG_DIR (serve this folder as /pkg/ instead of www/pkg, e.g. another build).
 
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -15,6 +17,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import zlib from "node:zlib";
 import { fileURLToPath } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -22,10 +25,14 @@ const REPO = path.resolve(HERE, "../..");
 const ARTIFACTS = path.join(HERE, "artifacts");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const GOLDENS = path.join(REPO, "tests/fixtures/tiny-sd1/goldens/text_encoder.safetensors");
-const PKG = path.join(REPO, "www/pkg/pseudoword.js");
+const PIPELINES = path.join(REPO, "tests/fixtures/tiny-sd1/goldens/pipelines.safetensors");
+const PKG_DIR = process.env.PSEUDOWORD_PKG_DIR ? path.resolve(process.env.PSEUDOWORD_PKG_DIR) : null;
+const PKG = path.join(PKG_DIR || path.join(REPO, "www/pkg"), "pseudoword.js");
 const LOAD_TIMEOUT = Number(process.env.PSEUDOWORD_LOAD_TIMEOUT_MS || 900_000);
 const ENCODE_TIMEOUT = Number(process.env.PSEUDOWORD_ENCODE_TIMEOUT_MS || 300_000);
+const GENERATE_TIMEOUT = Number(process.env.PSEUDOWORD_GENERATE_TIMEOUT_MS || 1_800_000);
 const TOLERANCE = 1e-4;
+const IMAGE_TOLERANCE = 1e-3;
 
 // Exactly the flags of docs/BROWSER.md ("Real browser"). The fresh temp --user-data-dir is
 // passed as launchPersistentContext's first argument: Playwright refuses it inside `args`
@@ -43,8 +50,9 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi"];
-const NEEDS_WASM = new Set(["ii", "iii", "v"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii"]);
+const NEEDS_GENERATION = new Set(["vii", "viii"]);
 
 function selectedCases() {
   let spec = process.env.PSEUDOWORD_CASES || "";
@@ -101,8 +109,9 @@ function maxAbsDiff(a, b) {
 // ------------------------------------------------------------------ server
 
 function startServer() {
+  const extra = PKG_DIR ? ["--mount", `/pkg/=${PKG_DIR}`] : [];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0"], {
+    const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0", ...extra], {
       cwd: REPO,
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -159,7 +168,10 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+let loaded = null; // {url, variant} of the model the main page holds, or null
+
 async function loadModel(page, url, variant) {
+  loaded = null;
   await page.fill("#model-url", url);
   await page.selectOption("#weights", variant);
   const t0 = Date.now();
@@ -171,7 +183,15 @@ async function loadModel(page, url, variant) {
   );
   const s = await page.evaluate(() => ({ state: window.__pseudoword.state, error: window.__pseudoword.error, info: window.__pseudoword.info }));
   assert.equal(s.state, "loaded", `loading ${url} (${variant}) failed: ${s.error}`);
+  loaded = { url, variant };
   return { info: s.info, seconds: (Date.now() - t0) / 1000 };
+}
+
+// Loads the model unless the main page already holds it (loaded by an earlier case).
+async function ensureModel(page, url, variant) {
+  const info = await page.evaluate(() => window.__pseudoword.info);
+  if (loaded && loaded.url === url && loaded.variant === variant && info) return { info, seconds: 0, reused: true };
+  return { ...(await loadModel(page, url, variant)), reused: false };
 }
 
 async function encode(page, prompt) {
@@ -195,6 +215,131 @@ function checkAgainstGolden(last, goldenIds, goldenHidden, label) {
   const err = maxAbsDiff(last.data, goldenHidden);
   assert.ok(err <= TOLERANCE, `${label}: max |data - golden| = ${err.toExponential(3)} > ${TOLERANCE}`);
   return err;
+}
+
+
+// ------------------------------------------------------------------ generation
+
+// Fills the Generate form, optionally injects initial latents (test hook), clicks Generate.
+// Returns the `seq` to wait past.
+async function startGeneration(page, opts) {
+  const before = await page.evaluate(() => window.__pseudoword.generation.seq);
+  await page.fill("#gen-prompt", opts.prompt);
+  await page.fill("#gen-negative", opts.negative ?? "");
+  await page.selectOption("#gen-scheduler", opts.scheduler ?? "");
+  await page.fill("#gen-steps", String(opts.steps));
+  await page.fill("#gen-guidance", String(opts.guidance ?? 7.5));
+  await page.fill("#gen-width", String(opts.width));
+  await page.fill("#gen-height", String(opts.height));
+  await page.fill("#gen-seed", opts.seed === undefined ? "" : String(opts.seed));
+  const n = await page.evaluate((l) => window.__pseudoword.setLatents(l), opts.latents ? Array.from(opts.latents) : null);
+  if (opts.latents) assert.equal(n, opts.latents.length, "setLatents took all values");
+  await page.click("#generate-button");
+  return before;
+}
+
+async function waitGeneration(page, before, timeout = GENERATE_TIMEOUT) {
+  await page.waitForFunction((b) => window.__pseudoword.generation.seq > b, before, { timeout, polling: 250 });
+  return page.evaluate(() => {
+    const g = window.__pseudoword.generation;
+    return { ...g, history: [...(g.history || [])], state: g.state, pageState: window.__pseudoword.state, error: g.error };
+  });
+}
+
+// Minimal PNG reader: chunks (CRC-checked), text chunks, and for 8-bit RGB/RGBA non-interlaced
+// images the unfiltered pixels.
+function readPng(buf) {
+  const SIG = Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]);
+  assert.ok(buf.subarray(0, 8).equals(SIG), "PNG signature");
+  const text = {};
+  const idat = [];
+  let ihdr = null;
+  for (let o = 8; o < buf.length; ) {
+    const len = buf.readUInt32BE(o);
+    const type = buf.toString("latin1", o + 4, o + 8);
+    const data = buf.subarray(o + 8, o + 8 + len);
+    const crc = buf.readUInt32BE(o + 8 + len);
+    assert.equal(crc, zlib.crc32(buf.subarray(o + 4, o + 8 + len)) >>> 0, `CRC of ${type} chunk`);
+    if (type === "IHDR") {
+      ihdr = { width: data.readUInt32BE(0), height: data.readUInt32BE(4), depth: data[8], color: data[9], interlace: data[12] };
+    } else if (type === "tEXt") {
+      const z = data.indexOf(0);
+      text[data.toString("latin1", 0, z)] = data.toString("latin1", z + 1);
+    } else if (type === "zTXt") {
+      const z = data.indexOf(0);
+      text[data.toString("latin1", 0, z)] = zlib.inflateSync(data.subarray(z + 2)).toString("latin1");
+    } else if (type === "iTXt") {
+      const z = data.indexOf(0);
+      const compressed = data[z + 1] === 1;
+      let p = z + 3;
+      p = data.indexOf(0, p) + 1; // language tag
+      p = data.indexOf(0, p) + 1; // translated keyword
+      const body = data.subarray(p);
+      text[data.toString("latin1", 0, z)] = (compressed ? zlib.inflateSync(body) : body).toString("utf8");
+    } else if (type === "IDAT") idat.push(data);
+    if (type === "IEND") break;
+    o += 12 + len;
+  }
+  assert.ok(ihdr, "IHDR chunk");
+  let pixels = null;
+  const channels = { 2: 3, 6: 4 }[ihdr.color];
+  if (ihdr.depth === 8 && channels && ihdr.interlace === 0) {
+    const raw = zlib.inflateSync(Buffer.concat(idat));
+    const { width: w, height: h } = ihdr;
+    const stride = w * channels;
+    pixels = new Uint8Array(w * h * 3);
+    let prev = new Uint8Array(stride);
+    for (let y = 0; y < h; y++) {
+      const f = raw[y * (stride + 1)];
+      const line = Uint8Array.from(raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1)));
+      for (let x = 0; x < stride; x++) {
+        const a = x >= channels ? line[x - channels] : 0;
+        const b = prev[x];
+        const c = x >= channels ? prev[x - channels] : 0;
+        let pred = 0;
+        if (f === 1) pred = a;
+        else if (f === 2) pred = b;
+        else if (f === 3) pred = (a + b) >> 1;
+        else if (f === 4) {
+          const pp = a + b - c;
+          const pa = Math.abs(pp - a), pb = Math.abs(pp - b), pc = Math.abs(pp - c);
+          pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+        }
+        line[x] = (line[x] + pred) & 255;
+      }
+      for (let x = 0; x < w; x++) for (let k = 0; k < 3; k++) pixels[3 * (y * w + x) + k] = line[x * channels + k];
+      prev = line;
+    }
+  }
+  return { ...ihdr, text, pixels };
+}
+
+// Max |canvas pixel - round(image * 255)| over the whole canvas.
+async function canvasDiff(page, image) {
+  const px = await page.evaluate(() => {
+    const c = document.getElementById("gen-canvas");
+    return { w: c.width, h: c.height, data: Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data) };
+  });
+  let m = 0;
+  for (let i = 0; i < px.w * px.h; i++) {
+    for (let k = 0; k < 3; k++) m = Math.max(m, Math.abs(px.data[4 * i + k] - Math.round(Math.min(1, Math.max(0, image[3 * i + k])) * 255)));
+  }
+  return { ...px, maxDiff: m };
+}
+
+// Clicks "Download PNG", checks the file name and returns the PNG bytes.
+async function downloadPng(page, seed) {
+  assert.ok(await page.isVisible("#gen-download"), "Download PNG link visible");
+  const link = await page.evaluate(() => {
+    const a = document.getElementById("gen-download");
+    return { href: a.href, download: a.getAttribute("download"), text: a.textContent };
+  });
+  assert.match(link.href, /^blob:/, "download link is a Blob URL");
+  assert.equal(link.download, `pseudoword-${seed}.png`, "download file name");
+  const [dl] = await Promise.all([page.waitForEvent("download", { timeout: 30_000 }), page.click("#gen-download")]);
+  assert.equal(dl.suggestedFilename(), `pseudoword-${seed}.png`);
+  const file = await dl.path();
+  return { bytes: readFileSync(file), link };
 }
 
 // ------------------------------------------------------------------ cases
@@ -221,6 +366,12 @@ async function main() {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} not found: apt-get install -y chromium chromium-driver`);
   const built = existsSync(PKG);
   if (!built) console.log(`note: ${path.relative(REPO, PKG)} is missing (run scripts/build-web.sh); cases ${[...NEEDS_WASM]} will fail`);
+  if (PKG_DIR) console.log(`note: serving /pkg/ from ${PKG_DIR} (PSEUDOWORD_PKG_DIR)`);
+  const hasGeneration = built && readFileSync(PKG, "utf8").includes("step_generation");
+  const needGeneration = () => {
+    assert.ok(built, `${path.relative(REPO, PKG)} missing: run scripts/build-web.sh`);
+    assert.ok(hasGeneration, `${path.relative(REPO, PKG)} predates the generation API (no step_generation): rebuild it`);
+  };
 
   const golden = readSafetensors(GOLDENS);
   const prompts = JSON.parse(golden.metadata.prompts);
@@ -329,6 +480,133 @@ async function main() {
         const last = await encode(page, prompts[1]);
         const err = checkAgainstGolden(last, row(ids, 1), row(hidden, 1), "after error, prompt 1");
         return `${JSON.stringify(text)}; reloaded fine, max|err|=${err.toExponential(3)}`;
+      });
+    }
+
+    if (cases.has("vii")) {
+      await runCase("vii", "generate matches diffusers (DDIM, 4 steps, 256x256, golden latents)", async () => {
+        needGeneration();
+        const page = main.page;
+        const pipe = readSafetensors(PIPELINES);
+        const latentsIn = pipe.tensors.latents_in;
+        const goldenImage = pipe.tensors.ddim_4_image;
+        assert.deepEqual(latentsIn.shape, [1, 4, 32, 32]);
+        assert.deepEqual(goldenImage.shape, [1, 256, 256, 3]);
+        const { info, seconds, reused } = await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        console.log(`      model ${reused ? "already loaded" : `loaded in ${seconds.toFixed(1)} s`}: can_generate=${info.can_generate} default_size=${JSON.stringify(info.default_size)} default_scheduler=${info.default_scheduler}`);
+        assert.equal(info.can_generate, true, "info.can_generate");
+        assert.ok(await page.isVisible("#generate-panel"), "Generate section visible");
+        const t0 = Date.now();
+        const before = await startGeneration(page, {
+          prompt: "a photo of a cat",
+          negative: "",
+          scheduler: "ddim",
+          steps: 4,
+          guidance: 7.5,
+          width: 256,
+          height: 256,
+          seed: 1234,
+          latents: latentsIn.data,
+        });
+        // Progress is visible while it runs.
+        await page.waitForFunction(() => window.__pseudoword.generation.done >= 1 || window.__pseudoword.generation.state !== "running", null, { timeout: GENERATE_TIMEOUT, polling: 100 });
+        const mid = await page.evaluate(() => ({ text: document.getElementById("gen-status").textContent, state: window.__pseudoword.generation.state }));
+        if (mid.state === "running") {
+          assert.match(mid.text, /Step \d+ \/ 4/, `progress text while running: ${JSON.stringify(mid.text)}`);
+          await shot(page, "vii-generate-running");
+        }
+        const g = await waitGeneration(page, before);
+        const seconds2 = (Date.now() - t0) / 1000;
+        assert.equal(g.state, "done", `generation failed: ${g.error}`);
+        assert.equal(g.pageState, "loaded", "page back to 'loaded'");
+        assert.equal(g.done, 4, "progress reached 4");
+        assert.equal(g.total, 4, "progress total 4");
+        assert.deepEqual(g.history.filter((d) => d > 0), [1, 2, 3, 4], `one progress message per step (saw ${g.history})`);
+        const bar = await page.evaluate(() => ({ v: document.getElementById("gen-progress").value, m: document.getElementById("gen-progress").max }));
+        assert.deepEqual(bar, { v: 4, m: 4 }, "progress bar full");
+        const r = g.result;
+        assert.equal(r.width, 256);
+        assert.equal(r.height, 256);
+        assert.equal(r.seed, 1234, "seed echoed");
+        const err = maxAbsDiff(r.image, goldenImage.data);
+        console.log(`      image max|err| vs diffusers ddim_4_image = ${err.toExponential(3)} (tol ${IMAGE_TOLERANCE}); ${seconds2.toFixed(1)} s`);
+        assert.ok(err <= IMAGE_TOLERANCE, `max |image - golden| = ${err.toExponential(3)} > ${IMAGE_TOLERANCE}`);
+        const cv = await canvasDiff(page, r.image);
+        assert.deepEqual([cv.w, cv.h], [256, 256], "canvas size");
+        assert.ok(cv.maxDiff <= 1, `canvas differs from the image by ${cv.maxDiff}/255`);
+        assert.match(r.parameters, /Steps: 4, Sampler: DDIM, CFG scale: 7\.5, Seed: \d+, Size: 256x256, Model: tiny-sd1/, `parameters: ${r.parameters}`);
+        assert.equal(await page.textContent("#gen-parameters"), r.parameters, "parameters shown");
+        assert.match(await page.textContent("#gen-seed-used"), /1234/, "seed shown");
+        await shot(page, "vii-generate-done");
+        const { bytes } = await downloadPng(page, r.seed);
+        assert.equal(bytes.length, r.png_size, "downloaded PNG = result PNG");
+        const png = readPng(bytes);
+        assert.deepEqual([png.width, png.height], [256, 256], "PNG size");
+        const params = png.text.parameters;
+        assert.ok(params !== undefined, `PNG has a "parameters" text chunk (chunks: ${Object.keys(png.text)})`);
+        assert.ok(params.includes("Steps: 4, Sampler: DDIM, CFG scale: 7.5"), `PNG parameters: ${JSON.stringify(params)}`);
+        assert.ok(params.startsWith("a photo of a cat\nSteps: 4"), `no negative prompt line expected: ${JSON.stringify(params)}`);
+        assert.ok(params.includes("Seed: 1234") && params.includes("Size: 256x256"), `PNG parameters: ${JSON.stringify(params)}`);
+        assert.equal(params, r.parameters, "PNG parameters = result.parameters");
+        let pngErr = "n/a";
+        if (png.pixels) {
+          let m = 0;
+          for (let i = 0; i < png.pixels.length; i++) m = Math.max(m, Math.abs(png.pixels[i] - Math.round(Math.min(1, Math.max(0, r.image[i])) * 255)));
+          assert.ok(m <= 1, `PNG pixels differ from round(image*255) by ${m}`);
+          pngErr = `${m}/255`;
+        }
+        return `max|err|=${err.toExponential(3)} (tol ${IMAGE_TOLERANCE}), ${seconds2.toFixed(1)} s for 4 steps + decode, PNG ${bytes.length} bytes (pixels vs image ${pngErr}), parameters ${JSON.stringify(params)}`;
+      });
+    }
+
+    if (cases.has("viii")) {
+      await runCase("viii", "cancel a 50-step generation; the next one still works", async () => {
+        needGeneration();
+        const page = main.page;
+        const { info } = await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        assert.equal(info.can_generate, true, "info.can_generate");
+        const size = 128;
+        const before = await startGeneration(page, { prompt: "a photo of a cat", scheduler: "euler-a", steps: 50, width: size, height: size });
+        await page.waitForFunction(
+          () => window.__pseudoword.generation.done >= 1 || window.__pseudoword.generation.state !== "running",
+          null,
+          { timeout: GENERATE_TIMEOUT, polling: 50 },
+        );
+        const first = await page.evaluate(() => ({ ...window.__pseudoword.generation, result: null }));
+        assert.equal(first.state, "running", `generation ended before it could be cancelled: ${first.state} ${first.error || ""}`);
+        const stepMs = first.elapsed_ms / Math.max(1, first.done);
+        assert.equal(await page.isDisabled("#cancel-button"), false, "Cancel enabled while running");
+        assert.equal(await page.isDisabled("#generate-button"), true, "Generate disabled while running");
+        assert.equal(await page.isDisabled("#load-button"), true, "Load disabled while running");
+        const t0 = Date.now();
+        await page.click("#cancel-button");
+        // One step may still be in flight when Cancel arrives: allow a few seconds plus two steps.
+        const budget = 5_000 + 2 * stepMs;
+        const g = await waitGeneration(page, before, budget + 60_000);
+        const latency = Date.now() - t0;
+        await shot(page, "viii-cancelled");
+        assert.equal(g.state, "cancelled", `state after Cancel: ${g.state} ${g.error || ""}`);
+        assert.ok(latency <= budget, `cancel took ${latency} ms (> ${budget.toFixed(0)} ms; a step takes ~${stepMs.toFixed(0)} ms)`);
+        assert.ok(g.done < 50, `stopped early (done ${g.done})`);
+        assert.equal(g.pageState, "loaded", "page back to 'loaded'");
+        assert.match(await page.textContent("#gen-status"), /Cancelled after step \d+ \/ 50/);
+        assert.equal(await page.isDisabled("#generate-button"), false, "Generate usable after cancel");
+
+        // A short run with a random seed still works.
+        const before2 = await startGeneration(page, { prompt: "a photo of a cat", scheduler: "ddim", steps: 2, width: size, height: size });
+        const g2 = await waitGeneration(page, before2);
+        assert.equal(g2.state, "done", `generation after cancel failed: ${g2.error}`);
+        assert.equal(g2.done, 2);
+        const r = g2.result;
+        assert.ok(Number.isInteger(r.seed) && r.seed >= 0, `random seed reported: ${r.seed}`);
+        assert.equal(r.image.length, size * size * 3, "image size");
+        assert.ok(r.image.every((v) => v >= 0 && v <= 1), "image values in [0, 1]");
+        assert.match(await page.textContent("#gen-seed-used"), new RegExp(String(r.seed)), "seed used is shown");
+        assert.match(r.parameters, new RegExp(`Steps: 2, Sampler: DDIM, CFG scale: 7\\.5, Seed: ${r.seed}`));
+        const link = await page.getAttribute("#gen-download", "download");
+        assert.equal(link, `pseudoword-${r.seed}.png`);
+        await shot(page, "viii-after-cancel");
+        return `cancelled at step ${g.done}/50 ${latency} ms after the click (step ~${stepMs.toFixed(0)} ms); then 2 steps with random seed ${r.seed} in ${(g2.elapsed_ms / 1000).toFixed(1)} s`;
       });
     }
   } finally {
