@@ -12,6 +12,7 @@ pub mod models;
 pub mod pipeline;
 pub mod schedulers;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
