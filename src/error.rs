@@ -84,6 +84,14 @@ pub enum EmbeddingError {
     TokenExists { file: String, token: String },
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error("embedding file {file}: refused: its pickle references `{global}`, which is not a tensor or a plain container. Pickles can run code when loaded, so only torch tensors, dicts, lists, strings and numbers are read and nothing in the file is executed. If you trust the file, convert it to .safetensors with torch; otherwise delete it.")]
+    UnsafePickle { file: String, global: String },
+    #[error("embedding file {file}: not a readable PyTorch checkpoint ({reason}). The file is damaged or was not written by torch.save; download it again or convert it to .safetensors.")]
+    BadTorchFile { file: String, reason: String },
+    #[error("embedding file {file}: this PNG has no `sd-ti-embedding` text chunk, so it carries no AUTOMATIC1111 embedding (embeddings hidden only in the image pixels are not supported). Use the original .pt/.safetensors file, or the PNG exactly as A1111 saved it (image hosts often strip text chunks).")]
+    NoPngEmbedding { file: String },
+    #[error("embedding file {file}: {reason}. Supported: diffusers learned_embeds .safetensors/.bin, AUTOMATIC1111 .pt/.safetensors, and A1111 embedding PNGs.")]
+    UnsupportedFormat { file: String, reason: String },
 }
 
 /// Errors about the compute device.

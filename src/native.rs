@@ -95,11 +95,28 @@ pub fn parse_embedding_arg(arg: &str) -> (PathBuf, Option<String>) {
     (PathBuf::from(arg), None)
 }
 
-/// Reads an embedding file from disk (formats: see [`crate::embedding_files`]).
+/// Reads an embedding file from disk (formats: see [`crate::embedding_files`]; detected from the
+/// content). Safetensors files are read tensor by tensor; other formats are read whole, up to
+/// 256 MiB (embedding files are kilobytes).
 pub fn read_embedding_file(path: &Path, token: Option<&str>) -> Result<TextualInversion, Error> {
+    use crate::weights::ByteSource;
+    const MAX_WHOLE: u64 = 256 << 20;
     let source = FileSource::open(path)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding");
-    Ok(pollster::block_on(read_safetensors_embedding(&source, token, stem))?)
+    let name = path.display().to_string();
+    let head = pollster::block_on(source.read(0, source.len().min(16) as usize))?;
+    // A safetensors header: u64 length, then the JSON header's `{`.
+    if head.len() > 8 && head[8] == b'{' {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding");
+        return Ok(pollster::block_on(read_safetensors_embedding(&source, token, stem))?);
+    }
+    if source.len() > MAX_WHOLE {
+        return Err(Error::Input(format!(
+            "{name}: {} bytes is far too large for an embedding file (a model checkpoint?); embeddings are kilobytes",
+            source.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| crate::error::WeightsError::Io { file: name.clone(), reason: e.to_string() })?;
+    Ok(crate::embedding_files::read_embedding(&bytes, &name, token)?)
 }
 
 /// Reads tensor `name` of a safetensors file as f32 (`--latents` and similar inputs):

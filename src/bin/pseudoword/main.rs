@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod convert;
 mod generate;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
@@ -41,6 +42,8 @@ pub(crate) struct Common {
 enum Command {
     /// Text to image: writes a PNG with AUTOMATIC1111 `parameters` (and optionally tensors).
     Generate(Box<generate::GenerateArgs>),
+    /// Convert a textual-inversion embedding between diffusers and AUTOMATIC1111 formats; prints one JSON line.
+    ConvertEmbedding(convert::ConvertEmbeddingArgs),
     /// Benchmarks with real architectures and random weights.
     Bench {
         #[command(subcommand)]
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
         Command::Generate(args) => generate::run(*args),
         Command::Bench { what } => bench::run(what),
+        Command::ConvertEmbedding(args) => convert::run(args),
         Command::Encode { common, prompt, out, variant, all_hidden_states } => {
             encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states)
         }
