@@ -9,5 +9,6 @@ mod stable_diffusion;
 pub mod txt2img;
 
 pub use prompt::{PromptEncoder, Tokenized};
+pub use rng::NoiseRng;
 pub use stable_diffusion::StableDiffusion;
 pub use txt2img::{GenerateParams, Generated, Txt2Img, decode_latents, generate};

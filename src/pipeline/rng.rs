@@ -19,9 +19,21 @@ impl NoiseRng {
         Self { rng: ChaCha8Rng::seed_from_u64(seed), spare: None }
     }
 
-    fn uniform(&mut self) -> f64 {
-        // 53 random bits -> (0, 1]
+    /// A uniform sample in (0, 1] (53 random bits).
+    pub fn uniform(&mut self) -> f64 {
         ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// A uniform integer in `[0, n)` (`n > 0`), without modulo bias (rejection sampling).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "NoiseRng::below(0)");
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.rng.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
     }
 
     /// One standard normal sample.

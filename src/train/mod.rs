@@ -13,6 +13,10 @@
 //! same code runs in the browser (WebGPU) and natively.
 
 pub mod adamw;
+pub mod checkpoint;
+pub mod data;
+pub mod photos;
+pub mod session;
 pub mod step;
 
 use burn::module::Module;
@@ -20,6 +24,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState, LrSchedule};
+pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointInfo};
+pub use data::{CachedLatent, LatentCache, SampleInfo, SamplerConfig, sample_batch};
+pub use photos::{PhotoError, PreparedPhoto, prepare_photo};
+pub use session::{DataSource, ReplayData, Rollback, RunConfig, StepLog, TrainingRun};
 pub use step::{Batch, diffusion_loss, text_encoder_from_embeddings, token_embeddings};
 
 use crate::embedding_files::TextualInversion;
@@ -54,6 +62,12 @@ pub enum TrainError {
     State(String),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Photo(#[from] PhotoError),
+    #[error(
+        "training diverged ({reason}) and did not recover after {rollbacks} roll-backs with halved learning rates; the last good checkpoint (step {step}) was kept: lower the learning rate or check the photos"
+    )]
+    Diverged { reason: String, step: u64, rollbacks: u32 },
 }
 
 impl From<TrainError> for Error {
@@ -122,6 +136,21 @@ pub struct TrainerState {
     /// Gradient summed over the micro-batches of the unfinished accumulation cycle.
     pub accumulated_grad: Vec<f32>,
     pub accumulated_micro_steps: usize,
+}
+
+impl TrainerState {
+    /// A state with no rows (a placeholder before the first real checkpoint).
+    pub fn empty() -> Self {
+        Self {
+            placeholder_tokens: Vec::new(),
+            n_vectors: 0,
+            dim: 0,
+            rows: Vec::new(),
+            optimizer: AdamWState::new(0),
+            accumulated_grad: Vec::new(),
+            accumulated_micro_steps: 0,
+        }
+    }
 }
 
 /// Textual-inversion training state on top of a loaded (frozen) Stable Diffusion model.
@@ -365,6 +394,11 @@ impl TextualInversionTrainer {
         self.accumulated_grad = state.accumulated_grad;
         self.accumulated_micro_steps = state.accumulated_micro_steps;
         Ok(())
+    }
+
+    /// Sets the base learning rate of later updates (the schedule still applies on top).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.config.learning_rate = lr;
     }
 
     /// Replaces the rows (e.g. to start from a saved embedding); `rows` is `[n, D]` row-major.

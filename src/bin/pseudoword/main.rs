@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod convert;
 mod generate;
+mod train;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
 use pseudoword::pipeline::{PromptEncoder, Tokenized};
@@ -42,6 +43,8 @@ pub(crate) struct Common {
 enum Command {
     /// Text to image: writes a PNG with AUTOMATIC1111 `parameters` (and optionally tensors).
     Generate(Box<generate::GenerateArgs>),
+    /// Textual inversion: learn a pseudo-word from photos (or replay recorded batches); one JSON line per step.
+    Train(Box<train::TrainArgs>),
     /// Convert a textual-inversion embedding between diffusers and AUTOMATIC1111 formats; prints one JSON line.
     ConvertEmbedding(convert::ConvertEmbeddingArgs),
     /// Benchmarks with real architectures and random weights.
@@ -89,6 +92,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
         Command::Generate(args) => generate::run(*args),
+        Command::Train(args) => train::run(*args),
         Command::Bench { what } => bench::run(what),
         Command::ConvertEmbedding(args) => convert::run(args),
         Command::Encode { common, prompt, out, variant, all_hidden_states } => {
