@@ -38,8 +38,8 @@ fn fixture_photos_match_the_training_crops() {
         let want = image::open(photos().join(format!("train_{k}_256.png"))).unwrap().to_rgb8();
         let (mean, max) = diff(&got.image, &want);
         eprintln!("{name}: mean abs diff {mean:.3} levels, max {max}");
-        assert!(mean < 1.5, "{name}: mean abs diff {mean}");
-        assert!(max < 60, "{name}: max abs diff {max}");
+        assert!(mean < 0.5, "{name}: mean abs diff {mean}");
+        assert!(max <= 4, "{name}: max abs diff {max}");
     }
 }
 
