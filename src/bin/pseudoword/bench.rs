@@ -1,7 +1,7 @@
 //! `pseudoword bench generate`: real architectures with random weights, timings and memory.
 
 use clap::{Args, Subcommand};
-use pseudoword::bench::{Arch, bench_generate};
+use pseudoword::bench::{Arch, bench_generate, bench_train};
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, select_device};
 
@@ -9,6 +9,8 @@ use pseudoword::native::{DeviceChoice, select_device};
 pub enum BenchCommand {
     /// Time UNet steps (CFG batch of 2) and the VAE decode at a given size; prints one JSON object.
     Generate(BenchGenerate),
+    /// Time textual-inversion training steps (forward + backward to the row) at a given size; prints one JSON object.
+    Train(BenchGenerate),
 }
 
 #[derive(Args)]
@@ -19,6 +21,7 @@ pub struct BenchGenerate {
     /// Image size in pixels (square).
     #[arg(long, default_value_t = 512)]
     size: usize,
+    /// UNet steps (generate) or training steps (train).
     #[arg(long, default_value_t = 2)]
     steps: usize,
     #[arg(long, default_value = "auto")]
@@ -33,6 +36,32 @@ pub struct BenchGenerate {
 
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
     match cmd {
+        BenchCommand::Train(a) => {
+            if a.dtype != "f32" {
+                return Err(Error::Input(format!("--dtype {} is not implemented yet: training runs f32 weights and compute", a.dtype)));
+            }
+            let (device, name) = select_device(a.device)?;
+            let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
+            let report = bench_train(a.arch, a.size, a.steps, &device, name, chunk)?;
+            let steps = &report.step_seconds;
+            // the first step includes one-time allocation; report the rest when there are more
+            let timed = if steps.len() > 1 { &steps[1..] } else { &steps[..] };
+            let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
+            eprintln!(
+                "train {:?} {}x{} on {}: {:.2} s per step (mean of {}), peak memory {:.2} GiB ({}), weights {:.2} GiB",
+                a.arch,
+                a.size,
+                a.size,
+                name,
+                mean,
+                timed.len(),
+                report.peak_memory_bytes as f64 / (1u64 << 30) as f64,
+                report.memory_source,
+                report.weight_bytes as f64 / (1u64 << 30) as f64
+            );
+            println!("{}", serde_json::to_string(&report).expect("report serializes"));
+            Ok(())
+        }
         BenchCommand::Generate(a) => {
             if a.dtype != "f32" {
                 return Err(Error::Input(format!(

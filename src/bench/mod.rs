@@ -195,3 +195,6 @@ pub fn bench_generate(arch: Arch, size: usize, steps: usize, device: &Device, de
         query_chunk_size: query_chunk,
     })
 }
+
+mod train;
+pub use train::{TrainBenchReport, bench_train};
