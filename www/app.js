@@ -1,6 +1,8 @@
 // Main thread: UI only. The wasm module and the model live in worker.js (see the
 // protocol at the top of that file). Tests read window.__pseudoword and body[data-state].
 
+import { initTraining, trainingModelLoaded } from "./train.js";
+
 const $ = (id) => document.getElementById(id);
 
 const api = {
@@ -409,6 +411,7 @@ async function onLoad(event) {
     $("load-status").textContent =
       `Loaded ${baseUrl} (${variant})` + (canGenerate() ? ": ready to generate." : ": text encoder only (no UNet/VAE found).");
     setupGeneration(msg.info);
+    trainingModelLoaded(msg.info);
     setState("loaded");
     scheduleTokenCount();
   } catch (err) {
@@ -747,6 +750,7 @@ async function onCancel() {
 
 // ---------------------------------------------------------------- wiring
 
+initTraining({ request, api });
 $("load-form").addEventListener("submit", onLoad);
 $("encode-form").addEventListener("submit", onEncode);
 $("prompt").addEventListener("keydown", (event) => {

@@ -27,6 +27,9 @@
 //     {id, status: "error", command, message}
 // Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
 // makes the running generation stop before its next step (and queued ones never start).
+// Training commands: see worker-train.js ("train_control" is answered at once too).
+
+import { makeTrainHandlers } from "./worker-train.js";
 
 const WEIGHTS = {
   fp32: "text_encoder/model.safetensors",
@@ -423,7 +426,8 @@ function cancel({ id }) {
   postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued } });
 }
 
-const HANDLERS = { load, encode, tokenize, generate };
+const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop });
+const HANDLERS = { load, encode, tokenize, generate, ...TRAIN.queued };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {
@@ -431,6 +435,10 @@ self.onmessage = (event) => {
   if (msg.command === "cancel") {
     // Not queued: the generation it targets is what occupies the queue.
     cancel(msg);
+    return;
+  }
+  if (TRAIN.immediate[msg.command]) {
+    TRAIN.immediate[msg.command](msg);
     return;
   }
   if (msg.command === "generate") queuedGenerates.add(msg.id);

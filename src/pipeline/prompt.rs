@@ -9,6 +9,7 @@ use crate::models::{CLIPTextModel, CLIPTextOutput};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
 /// Tokenizer and text encoder of one model, kept in step (added tokens = added rows).
+#[derive(Clone)]
 pub struct PromptEncoder {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: CLIPTextModel,

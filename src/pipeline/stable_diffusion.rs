@@ -7,7 +7,9 @@ use super::PromptEncoder;
 use crate::models::{AutoencoderKL, UNet2DConditionModel};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 
-/// The components of a diffusers `StableDiffusionPipeline`.
+/// The components of a diffusers `StableDiffusionPipeline`. Cloning is cheap: device tensors
+/// are shared handles (a trainer works on a clone while the session keeps generating).
+#[derive(Clone)]
 pub struct StableDiffusion {
     pub prompt: PromptEncoder,
     pub unet: UNet2DConditionModel,

@@ -43,7 +43,7 @@ impl Session {
     pub fn start_generation(&self, params: JsValue, latents: Option<Float32Array>) -> Result<JsValue, JsValue> {
         let sd = self.sd()?;
         let js: JsParams = serde_wasm_bindgen::from_value(params).map_err(js_err)?;
-        let mut p = GenerateParams::new(js.prompt, sd);
+        let mut p = GenerateParams::new(js.prompt, &sd);
         p.negative_prompt = js.negative_prompt;
         if let Some(s) = js.steps {
             p.steps = s;
@@ -68,7 +68,7 @@ impl Session {
             }
             None => None,
         };
-        let run = Txt2Img::new(sd, &p, latents).map_err(js_err)?;
+        let run = Txt2Img::new(&sd, &p, latents).map_err(js_err)?;
         let kind = p.scheduler.unwrap_or(sd.default_scheduler);
         let o = Object::new();
         set(&o, "total_steps", run.num_steps() as f64);
@@ -86,9 +86,10 @@ impl Session {
         let probe = {
             let mut guard = self.running.borrow_mut();
             let r = guard.as_mut().ok_or_else(|| js_err("no generation is running"))?;
-            r.run.step(sd).map_err(js_err)?;
+            r.run.step(&sd).map_err(js_err)?;
             r.run.latents().slice([0..1, 0..1, 0..1, 0..1])
         };
+        drop(sd); // no RefCell borrow across the await
         // a one-value readback: the step has really run when this resolves
         probe.into_data_async().await.map_err(|e| js_err(format!("GPU error during the step: {e:?}")))?;
         let guard = self.running.borrow();
@@ -113,7 +114,9 @@ impl Session {
         if !run.is_done() {
             return Err(js_err("the generation has steps left"));
         }
-        let image = decode_latents(sd, run.latents());
+        let image = decode_latents(&sd, run.latents());
+        let model_name = sd.name.clone();
+        drop(sd); // no RefCell borrow across the await
         let [_, h, w, _] = image.dims();
         let data = image.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
         let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
@@ -126,7 +129,7 @@ impl Session {
             seed: params.seed,
             width: w,
             height: h,
-            model: sd.name.clone(),
+            model: model_name,
             extra: vec![],
         }
         .to_text();

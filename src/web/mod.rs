@@ -3,7 +3,7 @@
 //! (the JS side downloads into Blobs, which the browser may keep on disk), so a large file
 //! never sits whole in wasm memory. Every readback is `into_data_async().await`.
 
-use std::cell::RefCell;
+use std::cell::{Ref, RefCell};
 
 use burn::tensor::Device;
 use serde::Serialize as _;
@@ -18,6 +18,7 @@ use crate::pipeline::{PromptEncoder, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 
 mod generate;
+mod train;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::ByteSource;
 
@@ -107,24 +108,36 @@ enum Loaded {
 /// One loaded model on the WebGPU device.
 #[wasm_bindgen]
 pub struct Session {
-    loaded: Loaded,
+    /// Mutated only to add tokens (imported or freshly trained embeddings).
+    loaded: RefCell<Loaded>,
     info: serde_json::Value,
     running: RefCell<Option<generate::Running>>,
+    training: RefCell<Option<train::Training>>,
 }
 
 impl Session {
-    fn encoder(&self) -> &PromptEncoder {
-        match &self.loaded {
+    fn encoder(&self) -> Ref<'_, PromptEncoder> {
+        Ref::map(self.loaded.borrow(), |l| match l {
             Loaded::Text(e) => e,
             Loaded::Full(sd) => &sd.prompt,
-        }
+        })
     }
 
-    fn sd(&self) -> Result<&StableDiffusion, JsValue> {
-        match &self.loaded {
-            Loaded::Full(sd) => Ok(sd),
-            Loaded::Text(_) => Err(js_err("this model folder has no unet/ and vae/: it can encode prompts but not generate")),
-        }
+    fn sd(&self) -> Result<Ref<'_, StableDiffusion>, JsValue> {
+        Ref::filter_map(self.loaded.borrow(), |l| match l {
+            Loaded::Full(sd) => Some(&**sd),
+            Loaded::Text(_) => None,
+        })
+        .map_err(|_| js_err("this model folder has no unet/ and vae/: it can encode prompts but not generate"))
+    }
+
+    /// The prompt encoder for adding tokens; fails while a generation holds the model.
+    fn encoder_mut(&self) -> Result<std::cell::RefMut<'_, PromptEncoder>, JsValue> {
+        let l = self.loaded.try_borrow_mut().map_err(|_| js_err("the model is busy (a generation is running); try again when it has finished"))?;
+        Ok(std::cell::RefMut::map(l, |l| match l {
+            Loaded::Text(e) => e,
+            Loaded::Full(sd) => &mut sd.prompt,
+        }))
     }
 }
 
@@ -209,7 +222,7 @@ impl Session {
             "weights_dtype": dtype,
             "load_ms": js_sys::Date::now() - t0,
         });
-        Ok(Session { loaded, info, running: RefCell::new(None) })
+        Ok(Session { loaded: RefCell::new(loaded), info, running: RefCell::new(None), training: RefCell::new(None) })
     }
 
     /// `{backend, hidden_size, num_layers, num_heads, vocab_size, hidden_act, weights_file,

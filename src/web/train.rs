@@ -1,0 +1,224 @@
+//! Textual-inversion training in the browser, driven step by step from the worker:
+//! `check_photo` (validate an upload at once), `start_training` (photos -> latent cache, or a
+//! checkpoint to resume), `train_step` until done (the worker autosaves `training_checkpoint()`
+//! to IndexedDB), `export_embedding` in every format, `finish_training` (the token becomes usable
+//! in prompts). `import_embedding` adds an embedding file to the session.
+//!
+//! The trainer works on a clone of the loaded model (device tensors are shared, not copied).
+
+use js_sys::{Array, Object, Uint8Array};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use super::{Session, js_err, set};
+use crate::embedding_files::{A1111Meta, EmbeddingFormat, read_embedding, write_embedding};
+use crate::train::{
+    AdamWConfig, Checkpoint, DataSource, LatentCache, LrSchedule, OBJECT_TEMPLATES, RunConfig, STYLE_TEMPLATES, SamplerConfig,
+    TextualInversionTrainer, TrainConfig, TrainingRun, prepare_photo,
+};
+
+/// Training settings from JS; absent fields take the CLI's defaults.
+#[derive(Deserialize, serde::Serialize, Clone)]
+struct JsTrainParams {
+    token: String,
+    init_word: String,
+    #[serde(default = "one")]
+    vectors: usize,
+    #[serde(default)]
+    templates: Option<String>,
+    #[serde(default = "default_steps")]
+    steps: u64,
+    #[serde(default = "default_lr")]
+    lr: f64,
+    #[serde(default)]
+    warmup: usize,
+    #[serde(default = "default_wd")]
+    weight_decay: f64,
+    resolution: Option<u32>,
+    #[serde(default = "default_flip")]
+    flip_p: f64,
+    #[serde(default = "one")]
+    batch: usize,
+    #[serde(default = "one")]
+    grad_accum: usize,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_every")]
+    checkpoint_every: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_steps() -> u64 {
+    3000
+}
+fn default_lr() -> f64 {
+    5e-3
+}
+fn default_wd() -> f64 {
+    1e-2
+}
+fn default_flip() -> f64 {
+    0.5
+}
+fn default_every() -> u64 {
+    25
+}
+
+pub(super) struct Training {
+    /// `None` while a step is in flight (taken out so no borrow lives across an await).
+    run: Option<TrainingRun>,
+    params: JsTrainParams,
+    model_name: String,
+}
+
+fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsValue> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// Decodes and checks one uploaded photo (EXIF orientation applied). Returns `{name, width,
+    /// height}` or throws a message saying what is wrong with the file.
+    pub fn check_photo(&self, bytes: &[u8], name: &str) -> Result<JsValue, JsValue> {
+        let p = prepare_photo(bytes, name, 64).map_err(js_err)?;
+        let o = Object::new();
+        set(&o, "name", name);
+        set(&o, "width", p.original_size.0 as f64);
+        set(&o, "height", p.original_size.1 as f64);
+        Ok(o.into())
+    }
+
+    /// Starts (or, with `checkpoint` bytes, resumes) training on `photos` (`Uint8Array`s with
+    /// `names`). Returns `{steps, step, tokens, resolution, photos}`.
+    pub async fn start_training(&self, params: JsValue, photos: Array, names: Array, checkpoint: Option<Uint8Array>) -> Result<JsValue, JsValue> {
+        let p: JsTrainParams = serde_wasm_bindgen::from_value(params).map_err(js_err)?;
+        if p.batch == 0 || p.grad_accum == 0 || p.steps == 0 {
+            return Err(js_err("steps, batch and gradient accumulation must be at least 1"));
+        }
+        let ck = checkpoint.map(|c| Checkpoint::from_bytes(&c.to_vec(), "autosave")).transpose().map_err(js_err)?;
+        let sd = self.sd()?.clone();
+        let resolution = p.resolution.unwrap_or(sd.default_size() as u32);
+        let mut prepared = Vec::new();
+        for (i, bytes) in photos.iter().enumerate() {
+            let name = names.get(i as u32).as_string().unwrap_or_else(|| format!("photo {}", i + 1));
+            let bytes = bytes.dyn_into::<Uint8Array>().map_err(|_| js_err(format!("{name}: not a byte array")))?.to_vec();
+            prepared.push(prepare_photo(&bytes, &name, resolution).map_err(js_err)?);
+        }
+        let model_name = sd.name.clone();
+        let config = TrainConfig {
+            learning_rate: p.lr,
+            adamw: AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() },
+            gradient_accumulation_steps: p.grad_accum,
+            lr_schedule: if p.warmup > 0 { LrSchedule::ConstantWithWarmup { warmup_steps: p.warmup } } else { LrSchedule::Constant },
+        };
+        let trainer = TextualInversionTrainer::new(sd, &p.token, &p.init_word, p.vectors, config).await.map_err(js_err)?;
+        let cache = LatentCache::encode(&trainer.model().vae, &prepared, p.flip_p > 0.0).map_err(js_err)?;
+        let templates = if p.templates.as_deref() == Some("style") { STYLE_TEMPLATES } else { OBJECT_TEMPLATES };
+        let sampler = SamplerConfig {
+            seed: p.seed,
+            templates: templates.iter().map(|s| s.to_string()).collect(),
+            placeholder_string: trainer.placeholder_string(),
+            batch_size: p.batch,
+            flip_p: p.flip_p,
+            num_train_timesteps: trainer.num_train_timesteps(),
+        };
+        let settings = serde_json::to_value(&p).map_err(js_err)?;
+        let run_config = RunConfig { checkpoint_every: p.checkpoint_every, settings, ..RunConfig::default() };
+        let mut run = TrainingRun::new(trainer, DataSource::Sampled { cache, sampler }, run_config);
+        if let Some(ck) = ck {
+            run.resume(ck).map_err(js_err)?;
+        }
+        let o = Object::new();
+        set(&o, "steps", p.steps as f64);
+        set(&o, "step", run.step_count() as f64);
+        set(&o, "tokens", run.trainer.placeholder_tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
+        set(&o, "resolution", resolution as f64);
+        set(&o, "photos", prepared.len() as f64);
+        *self.training.borrow_mut() = Some(Training { run: Some(run), params: p, model_name });
+        Ok(o.into())
+    }
+
+    /// One optimizer step. Returns the step log `{step, loss, lr, grad_norm, row_norms,
+    /// timesteps, micro_losses, rollback?, done, steps}`.
+    pub async fn train_step(&self) -> Result<JsValue, JsValue> {
+        let mut run = {
+            let mut t = self.training.borrow_mut();
+            let t = t.as_mut().ok_or_else(|| js_err("no training is running"))?;
+            t.run.take().ok_or_else(|| js_err("a training step is already running"))?
+        };
+        let result = run.step().await;
+        let steps = {
+            let mut t = self.training.borrow_mut();
+            let t = t.as_mut().ok_or_else(|| js_err("training was cancelled"))?;
+            let steps = t.params.steps;
+            t.run = Some(run);
+            steps
+        };
+        let log = result.map_err(js_err)?;
+        let v = to_js(&log)?;
+        let o: Object = v.dyn_into().map_err(|_| js_err("step log"))?;
+        set(&o, "done", log.step >= steps);
+        set(&o, "steps", steps as f64);
+        Ok(o.into())
+    }
+
+    /// The current training state as checkpoint bytes (for autosave), or the last good one when
+    /// `last_good` is true.
+    pub fn training_checkpoint(&self, last_good: bool) -> Result<Uint8Array, JsValue> {
+        let t = self.training.borrow();
+        let run = t.as_ref().and_then(|t| t.run.as_ref()).ok_or_else(|| js_err("no training state"))?;
+        let ck = if last_good { run.last_good().clone() } else { run.checkpoint() };
+        Ok(Uint8Array::from(ck.to_bytes().as_slice()))
+    }
+
+    /// The learned embedding as a file: `format` = diffusers | a1111 | a1111-pt | a1111-png.
+    pub fn export_embedding(&self, format: &str) -> Result<Uint8Array, JsValue> {
+        let format: EmbeddingFormat = format.parse().map_err(js_err)?;
+        let t = self.training.borrow();
+        let t = t.as_ref().ok_or_else(|| js_err("nothing has been trained in this session"))?;
+        let run = t.run.as_ref().ok_or_else(|| js_err("a training step is running; try again"))?;
+        let meta = A1111Meta {
+            name: Some(t.params.token.clone()),
+            step: Some(run.step_count() as i64),
+            sd_checkpoint: None,
+            sd_checkpoint_name: Some(t.model_name.clone()),
+        };
+        Ok(Uint8Array::from(write_embedding(&run.trainer.learned_embedding(), format, &meta).as_slice()))
+    }
+
+    /// Ends training and makes the learned token usable in prompts of this session. Returns
+    /// `{tokens, step}`.
+    pub fn finish_training(&self) -> Result<JsValue, JsValue> {
+        let t = self.training.borrow_mut().take().ok_or_else(|| js_err("no training is running"))?;
+        let run = t.run.ok_or_else(|| js_err("a training step is running"))?;
+        let emb = run.trainer.learned_embedding();
+        let mut enc = self.encoder_mut()?;
+        enc.add_embedding("trained embedding", &emb).map_err(js_err)?;
+        let o = Object::new();
+        set(&o, "tokens", emb.tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
+        set(&o, "step", run.step_count() as f64);
+        Ok(o.into())
+    }
+
+    /// Stops training without keeping anything (the autosave in the browser stays).
+    pub fn cancel_training(&self) {
+        self.training.borrow_mut().take();
+    }
+
+    /// Adds an embedding file (diffusers / A1111, any supported format; pickles are read without
+    /// executing anything) to this session. `token` overrides the file's. Returns `{token,
+    /// tokens, vectors, dim}`.
+    pub fn import_embedding(&self, bytes: &[u8], name: &str, token: Option<String>) -> Result<JsValue, JsValue> {
+        let emb = read_embedding(bytes, name, token.as_deref().filter(|t| !t.is_empty())).map_err(js_err)?;
+        let mut enc = self.encoder_mut()?;
+        enc.add_embedding(name, &emb).map_err(js_err)?;
+        let o = Object::new();
+        set(&o, "token", emb.token.as_str());
+        set(&o, "tokens", emb.tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
+        set(&o, "vectors", emb.n as f64);
+        set(&o, "dim", emb.dim as f64);
+        Ok(o.into())
+    }
+}

@@ -1,0 +1,278 @@
+// Training panel (UI only; the work happens in worker-train.js). Tests read
+// window.__pseudoword.training: {state: "idle" | "preparing" | "running" | "paused" | "done" |
+// "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos}.
+
+const $ = (id) => document.getElementById(id);
+
+const PRESETS = {
+  quality: { steps: 3000, scale: 1, help: "Native resolution, 3000 steps: the usual textual-inversion recipe; slowest." },
+  fast: { steps: 500, scale: 0.5, help: "Half resolution, 500 steps: minutes instead of hours; less detail and likeness." },
+  custom: { help: "Your own steps, learning rate and resolution." },
+};
+
+let request = null;
+let api = null;
+let info = null;
+const photos = []; // {name, bytes: Uint8Array, url}
+let running = false;
+let trained = false;
+
+function showError(el, message) {
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function setTraining(patch) {
+  Object.assign(api.training, patch);
+  document.body.dataset.training = api.training.state;
+}
+
+function fmtMs(ms) {
+  if (ms == null || !isFinite(ms)) return "…";
+  const s = Math.round(ms / 1000);
+  return s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function updateControls() {
+  const loaded = !!(info && info.can_generate);
+  $("train-start").disabled = !loaded || running || photos.length === 0;
+  $("train-pause").disabled = !running;
+  $("train-cancel").disabled = !running;
+  for (const b of $("train-downloads").querySelectorAll("button")) b.disabled = running || !trained;
+}
+
+function renderPhotos() {
+  const ul = $("photo-list");
+  ul.replaceChildren();
+  photos.forEach((p, i) => {
+    const li = document.createElement("li");
+    const img = document.createElement("img");
+    img.src = p.url;
+    img.alt = p.name;
+    const rm = document.createElement("button");
+    rm.type = "button";
+    rm.textContent = "×";
+    rm.title = `Remove ${p.name}`;
+    rm.addEventListener("click", () => {
+      URL.revokeObjectURL(p.url);
+      photos.splice(i, 1);
+      renderPhotos();
+    });
+    const cap = document.createElement("small");
+    cap.textContent = p.size ? `${p.name} (${p.size})` : p.name;
+    li.append(img, rm, cap);
+    ul.append(li);
+  });
+  api.training.photos = photos.map((p) => p.name);
+  updateControls();
+}
+
+async function addFiles(files) {
+  const errors = [];
+  for (const file of files) {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    try {
+      const r = (await request("check_photo", { name: file.name, bytes })).result;
+      photos.push({ name: file.name, bytes, url: URL.createObjectURL(file), size: `${r.width}x${r.height}` });
+    } catch (err) {
+      errors.push(err.message || String(err));
+    }
+  }
+  showError($("photo-error"), errors.join("\n"));
+  renderPhotos();
+}
+
+function applyPreset() {
+  const preset = PRESETS[$("train-preset").value];
+  $("train-preset-help").textContent = preset.help;
+  if (!preset.steps || !info) return;
+  $("train-steps").value = preset.steps;
+  const size = Math.max(64, Math.round((info.default_size * preset.scale) / 8) * 8);
+  $("train-resolution").value = size;
+}
+
+function drawLoss() {
+  const c = $("train-loss");
+  const ctx = c.getContext("2d");
+  const losses = api.training.losses;
+  ctx.clearRect(0, 0, c.width, c.height);
+  if (losses.length < 2) return;
+  const max = Math.max(...losses);
+  const min = Math.min(...losses);
+  const span = Math.max(1e-9, max - min);
+  ctx.strokeStyle = "#3b6fd8";
+  ctx.beginPath();
+  losses.forEach((l, i) => {
+    const x = (i / (losses.length - 1)) * (c.width - 4) + 2;
+    const y = c.height - 2 - ((l - min) / span) * (c.height - 4);
+    if (i === 0) ctx.moveTo(x, y);
+    else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+  ctx.fillStyle = "#666";
+  ctx.fillText(`loss ${min.toFixed(4)}–${max.toFixed(4)}`, 6, 12);
+}
+
+function readParams() {
+  const num = (id) => Number($(id).value);
+  return {
+    token: $("train-token").value.trim(),
+    init_word: $("train-init").value.trim(),
+    templates: $("train-templates").value,
+    steps: num("train-steps"),
+    lr: num("train-lr"),
+    resolution: num("train-resolution"),
+    vectors: num("train-vectors"),
+    seed: num("train-seed"),
+    checkpoint_every: 10,
+  };
+}
+
+function onTrainProgress(msg) {
+  if (msg.stage === "train_state") {
+    setTraining({ state: msg.state });
+    $("train-pause").textContent = msg.state === "paused" ? "Resume" : "Pause";
+    if (msg.state === "preparing") $("train-status").textContent = "Preparing: decoding photos and encoding them with the VAE…";
+    return;
+  }
+  if (msg.stage !== "train") return;
+  const log = msg.log;
+  api.training.losses.push(log.loss);
+  setTraining({ step: log.step, steps: msg.steps, eta_ms: msg.eta_ms, autosaved_step: msg.autosaved_step });
+  $("train-progress").max = msg.steps;
+  $("train-progress").value = log.step;
+  const rb = log.rollback ? ` Diverged (${log.rollback.reason}): rolled back to step ${log.rollback.to_step}, learning rate x${log.rollback.lr_scale}.` : "";
+  const saved = msg.autosaved_step != null ? ` Autosaved at step ${msg.autosaved_step}.` : "";
+  $("train-status").textContent = `Step ${log.step} / ${msg.steps}, loss ${log.loss.toFixed(4)}, ETA ${fmtMs(msg.eta_ms)}.${saved}${rb}`;
+  drawLoss();
+}
+
+async function startTraining(resume) {
+  if (running) return;
+  showError($("train-error"), "");
+  running = true;
+  trained = false;
+  setTraining({ state: "preparing", step: 0, steps: 0, losses: [], error: null, tokens: null });
+  updateControls();
+  try {
+    const payload = resume ? { resume: true } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })) };
+    const r = (await request("train", payload, onTrainProgress)).result;
+    trained = r.step > 0;
+    setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens });
+    $("train-status").textContent =
+      r.state === "done" ? `Done: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.` : `Cancelled at step ${r.step}.`;
+  } catch (err) {
+    const message = err.message || String(err);
+    setTraining({ state: "error", error: message });
+    showError($("train-error"), message);
+  } finally {
+    running = false;
+    updateControls();
+    refreshAutosave();
+  }
+}
+
+async function download(format) {
+  try {
+    const { bytes } = (await request("export_embedding", { format })).result;
+    const token = (api.training.tokens && api.training.tokens[0]) || "embedding";
+    const base = token.replace(/[^A-Za-z0-9_-]+/g, "") || "embedding";
+    const name = { diffusers: "learned_embeds.safetensors", a1111: `${base}.safetensors`, "a1111-pt": `${base}.pt`, "a1111-png": `${base}.png` }[format];
+    const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (err) {
+    showError($("train-error"), err.message || String(err));
+  }
+}
+
+async function refreshAutosave() {
+  try {
+    const r = (await request("autosave_info", {})).result;
+    api.training.autosave = r;
+    const box = $("train-autosave");
+    box.hidden = !r.exists || running;
+    if (r.exists) {
+      $("train-autosave-text").textContent =
+        `An autosaved training of ${r.params.token} is at step ${r.step} of ${r.steps} (${r.photos.length} photos, saved ${new Date(r.saved_at).toLocaleString()}). `;
+    }
+  } catch {
+    /* IndexedDB unavailable (private mode): no autosave */
+  }
+}
+
+async function importEmbedding() {
+  const file = $("import-file").files[0];
+  if (!file) return;
+  try {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const r = (await request("import_embedding", { name: file.name, bytes, token: $("import-token").value.trim() })).result;
+    $("import-status").textContent = `Added ${r.tokens.join(", ")} (${r.vectors} x ${r.dim}); use ${r.token} in prompts.`;
+  } catch (err) {
+    $("import-status").textContent = err.message || String(err);
+  }
+}
+
+/// Called once by app.js with its worker request function and the test API object.
+export function initTraining(options) {
+  request = options.request;
+  api = options.api;
+  api.training = { state: "idle", step: 0, steps: 0, losses: [], eta_ms: null, error: null, tokens: null, autosave: null, photos: [] };
+  const drop = $("photo-drop");
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    addFiles([...e.dataTransfer.files]);
+  });
+  $("photo-input").addEventListener("change", () => {
+    addFiles([...$("photo-input").files]);
+    $("photo-input").value = "";
+  });
+  $("train-preset").addEventListener("change", applyPreset);
+  for (const id of ["train-steps", "train-resolution", "train-lr"]) $(id).addEventListener("input", () => ($("train-preset").value = "custom"));
+  $("train-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    startTraining(false);
+  });
+  $("train-pause").addEventListener("click", () => {
+    const paused = api.training.state === "paused";
+    request("train_control", { action: paused ? "resume" : "pause" });
+  });
+  $("train-cancel").addEventListener("click", () => request("train_control", { action: "cancel" }));
+  $("train-resume-autosave").addEventListener("click", () => startTraining(true));
+  $("train-discard-autosave").addEventListener("click", async () => {
+    await request("clear_autosave", {});
+    refreshAutosave();
+  });
+  for (const b of $("train-downloads").querySelectorAll("button[data-format]")) b.addEventListener("click", () => download(b.dataset.format));
+  $("train-use").addEventListener("click", async () => {
+    try {
+      const r = (await request("finish_training", {})).result;
+      trained = false;
+      updateControls();
+      $("train-status").textContent = `${r.tokens.join(", ")} can now be used in prompts (step ${r.step}).`;
+    } catch (err) {
+      showError($("train-error"), err.message || String(err));
+    }
+  });
+  $("import-file").addEventListener("change", importEmbedding);
+}
+
+/// Called by app.js after a model loaded.
+export function trainingModelLoaded(modelInfo) {
+  info = modelInfo;
+  $("train-panel").hidden = !(info && info.can_generate);
+  applyPreset();
+  updateControls();
+  refreshAutosave();
+}

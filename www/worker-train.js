@@ -1,0 +1,209 @@
+// Training commands of the worker (imported by worker.js). Photos and checkpoints stay on this
+// device: the autosave lives in this origin's IndexedDB.
+//
+// Protocol (adds to worker.js's):
+//   main -> worker
+//     {id, command: "check_photo", name, bytes: Uint8Array}
+//     {id, command: "train", params: {token, init_word, vectors, templates, steps, lr, warmup,
+//          resolution, flip_p, batch, grad_accum, seed, checkpoint_every}, photos: [{name, bytes}],
+//          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */}
+//     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
+//     {id, command: "export_embedding", format: "diffusers" | "a1111" | "a1111-pt" | "a1111-png"}
+//     {id, command: "finish_training"}    // the token becomes usable in prompts
+//     {id, command: "autosave_info"}      // {exists, step, steps, params, photos: [names], saved_at}
+//     {id, command: "clear_autosave"}
+//     {id, command: "import_embedding", name, bytes, token?}
+//   worker -> main
+//     {id, status: "progress", stage: "train", log: {step, loss, lr, grad_norm, row_norms,
+//          timesteps, rollback?}, steps, elapsed_ms, eta_ms, autosaved_step}
+//     {id, status: "progress", stage: "train_state", state: "preparing" | "running" | "paused"}
+//     {id, status: "result", command: "train", result: {state: "done" | "cancelled", step, steps,
+//          tokens, elapsed_ms}}
+//     {id, status: "result", command: "export_embedding", result: {bytes: Uint8Array, format}}
+
+const DB = "pseudoword";
+const STORE = "autosave";
+
+function openDb() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function dbOp(mode, fn) {
+  const db = await openDb();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction(STORE, mode);
+      const req = fn(tx.objectStore(STORE));
+      tx.oncomplete = () => resolve(req?.result);
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted (storage full?)"));
+    });
+  } finally {
+    db.close();
+  }
+}
+
+const readAutosave = () => dbOp("readonly", (s) => s.get("current"));
+const writeAutosave = (value) => dbOp("readwrite", (s) => s.put(value, "current"));
+const clearAutosave = () => dbOp("readwrite", (s) => s.delete("current"));
+
+export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop }) {
+  let job = null; // {paused, cancel, wake}
+
+  function checkPhoto({ id, name, bytes }) {
+    const s = requireSession();
+    const r = plain(s.check_photo(new Uint8Array(bytes), String(name)));
+    postMessage({ id, status: "result", command: "check_photo", result: r });
+  }
+
+  async function train(msg) {
+    const { id } = msg;
+    const s = requireSession();
+    let params = msg.params || {};
+    let photos = msg.photos || [];
+    let checkpoint;
+    if (msg.resume) {
+      const saved = await readAutosave();
+      if (!saved) throw new Error("There is no autosaved training to resume.");
+      params = saved.params;
+      photos = saved.photos;
+      checkpoint = saved.checkpoint;
+    }
+    if (!photos.length) throw new Error("No training photos: add 3-5 photos of the subject.");
+    const autosaveEvery = Math.max(1, Number(msg.autosave_every ?? saved_every(params)));
+    postMessage({ id, status: "progress", stage: "train_state", state: "preparing" });
+    const t0 = performance.now();
+    const started = plain(
+      await s.start_training(
+        params,
+        photos.map((p) => new Uint8Array(p.bytes)),
+        photos.map((p) => String(p.name)),
+        checkpoint ? new Uint8Array(checkpoint) : undefined,
+      ),
+    );
+    const steps = Number(started.steps);
+    let step = Number(started.step);
+    const me = { paused: false, cancel: false, wake: null };
+    job = me;
+    let autosaved = msg.resume ? step : null;
+    const save = async () => {
+      const ck = Uint8Array.from(s.training_checkpoint(false));
+      await writeAutosave({
+        params,
+        photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })),
+        checkpoint: ck,
+        step,
+        steps,
+        saved_at: Date.now(),
+      });
+      autosaved = step;
+    };
+    try {
+      if (!msg.resume) await save(); // photos + settings are safe before the first step
+      postMessage({ id, status: "progress", stage: "train_state", state: "running" });
+      const tRun = performance.now();
+      const startStep = step;
+      while (step < steps) {
+        await yieldToEventLoop();
+        if (me.paused && !me.cancel) {
+          postMessage({ id, status: "progress", stage: "train_state", state: "paused" });
+          await new Promise((resolve) => (me.wake = resolve));
+          postMessage({ id, status: "progress", stage: "train_state", state: "running" });
+        }
+        if (me.cancel) {
+          postMessage({ id, status: "result", command: "train", result: { state: "cancelled", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0 } });
+          return;
+        }
+        const log = plain(await s.train_step());
+        step = Number(log.step);
+        if (!log.rollback && (step % autosaveEvery === 0 || step >= steps)) await save();
+        const now = performance.now();
+        const perStep = (now - tRun) / Math.max(1, step - startStep);
+        postMessage({
+          id,
+          status: "progress",
+          stage: "train",
+          log,
+          steps,
+          elapsed_ms: now - t0,
+          eta_ms: Math.max(0, steps - step) * perStep,
+          autosaved_step: autosaved,
+        });
+      }
+      postMessage({ id, status: "result", command: "train", result: { state: "done", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0 } });
+    } catch (err) {
+      // the autosave (last completed save) stays for a reload; say where it is
+      const where = autosaved != null ? ` The autosave at step ${autosaved} is kept: reload the page and choose "Resume".` : "";
+      throw new Error(`${err && err.message ? err.message : err}${where}`);
+    } finally {
+      if (job === me) job = null;
+    }
+  }
+
+  function saved_every(params) {
+    return Math.max(1, Number(params.checkpoint_every ?? 10));
+  }
+
+  // Answered at once (not queued behind the running "train").
+  function control({ id, action }) {
+    if (job) {
+      if (action === "pause") job.paused = true;
+      if (action === "resume" || action === "cancel") {
+        job.paused = false;
+        if (action === "cancel") job.cancel = true;
+        job.wake?.();
+        job.wake = null;
+      }
+    }
+    postMessage({ id, status: "result", command: "train_control", result: { running: !!job, action } });
+  }
+
+  function exportEmbedding({ id, format }) {
+    const s = requireSession();
+    const bytes = Uint8Array.from(s.export_embedding(String(format)));
+    postMessage({ id, status: "result", command: "export_embedding", result: { bytes, format } }, [bytes.buffer]);
+  }
+
+  function finishTraining({ id }) {
+    const s = requireSession();
+    postMessage({ id, status: "result", command: "finish_training", result: plain(s.finish_training()) });
+  }
+
+  async function autosaveInfo({ id }) {
+    const saved = await readAutosave();
+    const result = saved
+      ? { exists: true, step: saved.step, steps: saved.steps, params: saved.params, photos: saved.photos.map((p) => p.name), saved_at: saved.saved_at }
+      : { exists: false };
+    postMessage({ id, status: "result", command: "autosave_info", result });
+  }
+
+  async function clear({ id }) {
+    await clearAutosave();
+    postMessage({ id, status: "result", command: "clear_autosave", result: { cleared: true } });
+  }
+
+  function importEmbedding({ id, name, bytes, token }) {
+    const s = requireSession();
+    const r = plain(s.import_embedding(new Uint8Array(bytes), String(name), token ? String(token) : undefined));
+    postMessage({ id, status: "result", command: "import_embedding", result: r });
+  }
+
+  return {
+    queued: {
+      check_photo: checkPhoto,
+      train,
+      export_embedding: exportEmbedding,
+      finish_training: finishTraining,
+      autosave_info: autosaveInfo,
+      clear_autosave: clear,
+      import_embedding: importEmbedding,
+    },
+    immediate: { train_control: control },
+    maybeAwait,
+  };
+}
