@@ -124,7 +124,8 @@ function readParams() {
     resolution: num("train-resolution"),
     vectors: num("train-vectors"),
     seed: num("train-seed"),
-    checkpoint_every: 10,
+    // autosave (and last-good checkpoint) every 5% of the run, at least every 10 steps
+    checkpoint_every: Math.max(1, Math.min(10, Math.ceil(num("train-steps") / 20))),
   };
 }
 

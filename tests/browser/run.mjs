@@ -13,7 +13,7 @@
 
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -50,9 +50,11 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii"]);
-const NEEDS_GENERATION = new Set(["vii", "viii"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix"]);
+const NEEDS_GENERATION = new Set(["vii", "viii", "ix"]);
+// The native CLI (built by `cargo test`), for comparing browser training with a native run.
+const CLI = process.env.PSEUDOWORD_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, "target"), "debug/pseudoword");
 
 function selectedCases() {
   let spec = process.env.PSEUDOWORD_CASES || "";
@@ -607,6 +609,95 @@ async function main() {
         assert.equal(link, `pseudoword-${r.seed}.png`);
         await shot(page, "viii-after-cancel");
         return `cancelled at step ${g.done}/50 ${latency} ms after the click (step ~${stepMs.toFixed(0)} ms); then 2 steps with random seed ${r.seed} in ${(g2.elapsed_ms / 1000).toFixed(1)} s`;
+      });
+    }
+
+    if (cases.has("ix")) {
+      await runCase("ix", "train a pseudo-word from uploaded photos on WebGPU; cancel, reload, resume from the autosave; files match the CLI", async () => {
+        needGeneration();
+        assert.ok(existsSync(CLI), `${CLI} missing: build the CLI (cargo build) or set PSEUDOWORD_BIN`);
+        const page = main.page;
+        await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        const photoDir = path.join(REPO, "tests/fixtures/photos");
+        const good = ["chelsea_1_center.jpg", "chelsea_5_right.png"].map((f) => path.join(photoDir, f));
+        await page.setInputFiles("#photo-input", [...good, path.join(photoDir, "odd/not_an_image.jpg")]);
+        await page.waitForFunction(() => window.__pseudoword.training.photos.length === 2, null, { timeout: 60_000 });
+        assert.match(await page.textContent("#photo-error"), /not_an_image\.jpg.*JPEG, PNG or WebP/, "bad file refused with a message");
+        assert.equal(await page.locator("#photo-list img").count(), 2, "two previews");
+        const steps = 4;
+        await page.fill("#train-token", "<cat-toy>");
+        await page.fill("#train-init", "cat");
+        await page.selectOption("#train-preset", "custom");
+        await page.fill("#train-steps", String(steps));
+        await page.fill("#train-resolution", "128");
+        await page.fill("#train-seed", "11");
+        await page.fill("#train-lr", "0.005");
+        const t0 = Date.now();
+        await page.click("#train-start");
+        await page.waitForFunction(
+          () => window.__pseudoword.training.step >= 2 || ["done", "error", "cancelled"].includes(window.__pseudoword.training.state),
+          null,
+          { timeout: GENERATE_TIMEOUT, polling: 100 },
+        );
+        await page.click("#train-cancel");
+        await page.waitForFunction(() => ["done", "error", "cancelled"].includes(window.__pseudoword.training.state), null, { timeout: GENERATE_TIMEOUT });
+        let t = await page.evaluate(() => ({ ...window.__pseudoword.training }));
+        assert.equal(t.state, "cancelled", `training state ${t.state}: ${t.error || ""}`);
+        const cancelledAt = t.step;
+        assert.ok(cancelledAt >= 2 && cancelledAt < steps, `cancelled at step ${cancelledAt}`);
+        const firstLosses = t.losses.slice();
+        await shot(page, "ix-cancelled");
+
+        // reload: the model is gone, the autosave is not
+        await page.reload({ waitUntil: "load" });
+        await page.waitForFunction(() => window.__pseudoword && window.__pseudoword.gpu !== null, null, { timeout: 60_000 });
+        loaded = null;
+        await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        await page.waitForFunction(() => window.__pseudoword.training.autosave && window.__pseudoword.training.autosave.exists, null, { timeout: 30_000 });
+        const auto = await page.evaluate(() => window.__pseudoword.training.autosave);
+        assert.equal(auto.step, cancelledAt, "autosave holds the last finished step");
+        assert.deepEqual(auto.photos, ["chelsea_1_center.jpg", "chelsea_5_right.png"]);
+        assert.ok(await page.isVisible("#train-autosave"), "resume offered");
+        await page.click("#train-resume-autosave");
+        await page.waitForFunction(() => ["done", "error", "cancelled"].includes(window.__pseudoword.training.state), null, { timeout: GENERATE_TIMEOUT });
+        t = await page.evaluate(() => ({ ...window.__pseudoword.training }));
+        assert.equal(t.state, "done", `resumed training: ${t.state} ${t.error || ""}`);
+        assert.equal(t.step, steps);
+        const losses = [...firstLosses.slice(0, cancelledAt), ...t.losses];
+        assert.equal(losses.length, steps);
+        const seconds = (Date.now() - t0) / 1000;
+        await shot(page, "ix-trained");
+
+        // downloads: diffusers and A1111 .pt
+        const grab = async (format) => {
+          const [dl] = await Promise.all([page.waitForEvent("download", { timeout: 60_000 }), page.click(`#train-downloads button[data-format="${format}"]`)]);
+          return { name: dl.suggestedFilename(), file: await dl.path() };
+        };
+        const diffusers = await grab("diffusers");
+        assert.equal(diffusers.name, "learned_embeds.safetensors");
+        const emb = readSafetensors(diffusers.file).tensors["<cat-toy>"];
+        assert.ok(emb, "diffusers file holds <cat-toy>");
+        assert.deepEqual(emb.shape, [1, 32]);
+        const pt = await grab("a1111-pt");
+        assert.equal(pt.name, "cat-toy.pt");
+        assert.equal(readFileSync(pt.file).subarray(0, 2).toString("latin1"), "PK", "A1111 .pt is a torch zip");
+
+        // the same run natively (uninterrupted): same losses and rows
+        const out = path.join(mkdtempSync(path.join(tmpdir(), "pseudoword-ix-")), "e.safetensors");
+        const lines = execFileSync(CLI, ["train", "--device", "cpu", "--model", path.join(REPO, "tests/fixtures/tiny-sd1"), "--images", ...good,
+          "--token", "<cat-toy>", "--init-word", "cat", "--resolution", "128", "--seed", "11", "--steps", String(steps), "--lr", "0.005", "--out", out],
+          { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim().split("\n").map((l) => JSON.parse(l));
+        const cliLosses = lines.map((l) => l.loss);
+        const dLoss = maxAbsDiff(losses, cliLosses);
+        const cliRows = readSafetensors(out).tensors["<cat-toy>"].data;
+        const dRows = maxAbsDiff(Array.from(emb.data), Array.from(cliRows));
+        assert.ok(dLoss < 1e-4, `losses browser ${losses} vs CLI ${cliLosses}`);
+        assert.ok(dRows < 1e-4, `rows differ from the CLI's by ${dRows}`);
+
+        // the token works in prompts after "Use the token"
+        await page.click("#train-use");
+        await page.waitForFunction(() => /can now be used in prompts/.test(document.getElementById("train-status").textContent), null, { timeout: 30_000 });
+        return `cancelled at step ${cancelledAt}, resumed to ${steps} in ${seconds.toFixed(0)} s; browser vs CLI: losses ${dLoss.toExponential(2)}, rows ${dRows.toExponential(2)}`;
       });
     }
   } finally {
