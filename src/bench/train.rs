@@ -11,7 +11,7 @@ use super::{Arch, peak_rss, random_weights};
 use crate::error::Error;
 use crate::models::{CLIPTextConfig, CLIPTextModel, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::PredictionType;
-use crate::train::{Batch, diffusion_loss};
+use crate::train::{Batch, diffusion_loss, diffusion_loss_checkpointed};
 
 /// What `bench train` measured.
 #[derive(Debug, serde::Serialize)]
@@ -31,6 +31,7 @@ pub struct TrainBenchReport {
     pub peak_memory_bytes: u64,
     pub memory_source: String,
     pub query_chunk_size: Option<usize>,
+    pub gradient_checkpointing: bool,
 }
 
 fn clip_config(arch: Arch) -> serde_json::Value {
@@ -45,7 +46,16 @@ fn clip_config(arch: Arch) -> serde_json::Value {
 }
 
 /// Runs `steps` textual-inversion steps at `size` x `size` pixels (batch 1, one vector).
-pub fn bench_train(arch: Arch, size: usize, steps: usize, device: &Device, device_name: &str, query_chunk: Option<usize>) -> Result<TrainBenchReport, Error> {
+#[allow(clippy::too_many_arguments)]
+pub fn bench_train(
+    arch: Arch,
+    size: usize,
+    steps: usize,
+    device: &Device,
+    device_name: &str,
+    query_chunk: Option<usize>,
+    gradient_checkpointing: bool,
+) -> Result<TrainBenchReport, Error> {
     if size % 8 != 0 || size == 0 {
         return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
     }
@@ -88,8 +98,12 @@ pub fn bench_train(arch: Arch, size: usize, steps: usize, device: &Device, devic
             input_ids: vec![ids.clone()],
         };
         let rows = Tensor::<2>::from_data(TensorData::new(row.clone(), [1, d]), &grad_device).require_grad();
-        let loss = diffusion_loss(&te, &unet, &acp, prediction, &[placeholder], rows.clone(), &batch);
-        let grads = loss.backward();
+        let grads = if gradient_checkpointing {
+            let (_, ehs, g_ehs) = diffusion_loss_checkpointed(&te, &unet, &acp, prediction, &[placeholder], rows.clone(), &batch, 1.0);
+            (ehs * g_ehs.autodiff()).sum().backward()
+        } else {
+            diffusion_loss(&te, &unet, &acp, prediction, &[placeholder], rows.clone(), &batch).backward()
+        };
         let g = rows.grad(&grads).ok_or_else(|| Error::Input("no gradient reached the row".into()))?;
         if let Some(u) = device.memory_pool_usage() {
             peak = peak.max(u.bytes_reserved);
@@ -120,5 +134,6 @@ pub fn bench_train(arch: Arch, size: usize, steps: usize, device: &Device, devic
         peak_memory_bytes,
         memory_source: memory_source.into(),
         query_chunk_size: query_chunk,
+        gradient_checkpointing,
     })
 }

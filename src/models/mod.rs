@@ -11,5 +11,5 @@ pub mod vae;
 
 pub use attention::{AttnCapture, DEFAULT_QUERY_CHUNK_SIZE};
 pub use clip::{CLIPTextConfig, CLIPTextModel, CLIPTextOutput};
-pub use unet::{UNet2DConditionConfig, UNet2DConditionModel, UNetCapture};
+pub use unet::{UNet2DConditionConfig, UNet2DConditionModel, UNetCapture, UNetTape};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussianDistribution, VaeCapture};

@@ -28,7 +28,7 @@ pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointInfo};
 pub use data::{CachedLatent, LatentCache, SampleInfo, SamplerConfig, sample_batch};
 pub use photos::{PhotoError, PreparedPhoto, prepare_photo};
 pub use session::{DataSource, ReplayData, Rollback, RunConfig, StepLog, TrainingRun};
-pub use step::{Batch, diffusion_loss, text_encoder_from_embeddings, token_embeddings};
+pub use step::{Batch, diffusion_loss, diffusion_loss_checkpointed, text_encoder_from_embeddings, token_embeddings};
 
 use crate::embedding_files::TextualInversion;
 use crate::error::{DeviceError, Error};
@@ -92,11 +92,22 @@ pub struct TrainConfig {
     /// divided by this before backward, gradients are summed).
     pub gradient_accumulation_steps: usize,
     pub lr_schedule: LrSchedule,
+    /// Re-run the UNet module by module during backward instead of keeping every activation
+    /// (see [`crate::models::UNetTape`]): peak memory of one module instead of the whole
+    /// network, for about one extra UNet forward per step. Same gradients.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { learning_rate: 5e-3, adamw: AdamWConfig::default(), gradient_accumulation_steps: 1, lr_schedule: LrSchedule::Constant }
+        Self {
+            learning_rate: 5e-3,
+            adamw: AdamWConfig::default(),
+            gradient_accumulation_steps: 1,
+            lr_schedule: LrSchedule::Constant,
+            gradient_checkpointing: false,
+        }
     }
 }
 
@@ -448,16 +459,23 @@ impl TextualInversionTrainer {
         let rows =
             Tensor::<2>::from_data(TensorData::new(self.rows.clone(), [n, self.dim]), &self.grad_device).require_grad();
         let te = &self.sd.prompt.text_encoder;
-        let loss = diffusion_loss(te, &self.sd.unet, &self.alphas_cumprod, self.prediction_type, &self.placeholder_ids, rows.clone(), batch);
-        let scaled = if scale == 1.0 { loss.clone() } else { loss.clone().mul_scalar(scale) };
-        let grads = scaled.backward();
+        let (loss, grads) = if self.config.gradient_checkpointing {
+            let (loss, ehs, g_ehs) =
+                step::diffusion_loss_checkpointed(te, &self.sd.unet, &self.alphas_cumprod, self.prediction_type, &self.placeholder_ids, rows.clone(), batch, scale);
+            (loss, (ehs * g_ehs.autodiff()).sum().backward())
+        } else {
+            let loss = diffusion_loss(te, &self.sd.unet, &self.alphas_cumprod, self.prediction_type, &self.placeholder_ids, rows.clone(), batch);
+            let scaled = if scale == 1.0 { loss.clone() } else { loss.clone().mul_scalar(scale) };
+            let grads = scaled.backward();
+            (loss.inner(), grads)
+        };
         let grad = match rows.grad(&grads) {
             Some(g) => g.reshape([n * self.dim]),
             // no path from the rows to the loss (cannot happen with a placeholder in the prompt;
             // without one the gradient is zero)
             None => Tensor::<1>::zeros([n * self.dim], &self.grad_device.clone().inner()),
         };
-        let both = Tensor::cat(vec![loss.inner().reshape([1]), grad], 0);
+        let both = Tensor::cat(vec![loss.reshape([1]), grad], 0);
         let mut v = read_f32(both).await?;
         let loss = v.remove(0);
         Ok((loss, v))

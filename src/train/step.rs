@@ -92,3 +92,34 @@ pub fn diffusion_loss(
     let diff = pred - target;
     (diff.clone() * diff).mean()
 }
+
+/// [`diffusion_loss`] with the UNet checkpointed ([`UNet2DConditionModel::forward_checkpointed`]):
+/// returns the loss (`[1]`, plain), the text-encoder output `ehs` (`[B, S, D]`, in the autodiff
+/// graph of `rows`) and `d (scale * loss) / d ehs` (plain), so that
+/// `sum(ehs * g_ehs).backward()` gives the rows' gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn diffusion_loss_checkpointed(
+    text_encoder: &CLIPTextModel,
+    unet: &UNet2DConditionModel,
+    alphas_cumprod: &[f64],
+    prediction_type: PredictionType,
+    placeholder_ids: &[u32],
+    rows: Tensor<2>,
+    batch: &Batch,
+    scale: f64,
+) -> (Tensor<1>, Tensor<3>, Tensor<3>) {
+    let embeds = token_embeddings(text_encoder, &batch.input_ids, placeholder_ids, rows);
+    let ehs = text_encoder_from_embeddings(text_encoder, embeds);
+    let noisy = add_noise_ddpm(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
+    let t: Vec<f64> = batch.timesteps.iter().map(|&t| t as f64).collect();
+    let (pred, tape) = unet.forward_checkpointed(noisy, &t, ehs.clone());
+    let target = match prediction_type {
+        PredictionType::VPrediction => velocity(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps),
+        _ => batch.noise.clone(),
+    };
+    let diff = pred - target.inner();
+    let n = diff.shape().num_elements() as f64;
+    let loss = (diff.clone() * diff.clone()).mean();
+    let g_ehs = tape.backward_ehs(diff * (2.0 * scale / n));
+    (loss, ehs, g_ehs)
+}

@@ -112,6 +112,7 @@ impl Session {
             adamw: AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() },
             gradient_accumulation_steps: p.grad_accum,
             lr_schedule: if p.warmup > 0 { LrSchedule::ConstantWithWarmup { warmup_steps: p.warmup } } else { LrSchedule::Constant },
+            gradient_checkpointing: true,
         };
         let trainer = TextualInversionTrainer::new(sd, &p.token, &p.init_word, p.vectors, config).await.map_err(js_err)?;
         let cache = LatentCache::encode(&trainer.model().vae, &prepared, p.flip_p > 0.0).map_err(js_err)?;

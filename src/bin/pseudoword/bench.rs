@@ -32,6 +32,9 @@ pub struct BenchGenerate {
     /// Queries per attention chunk (memory-efficient attention); 0 = unchunked.
     #[arg(long, default_value_t = pseudoword::models::DEFAULT_QUERY_CHUNK_SIZE)]
     query_chunk: usize,
+    /// train: keep every UNet activation instead of re-running modules during backward.
+    #[arg(long)]
+    no_checkpointing: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
@@ -42,17 +45,18 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
             }
             let (device, name) = select_device(a.device)?;
             let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
-            let report = bench_train(a.arch, a.size, a.steps, &device, name, chunk)?;
+            let report = bench_train(a.arch, a.size, a.steps, &device, name, chunk, !a.no_checkpointing)?;
             let steps = &report.step_seconds;
             // the first step includes one-time allocation; report the rest when there are more
             let timed = if steps.len() > 1 { &steps[1..] } else { &steps[..] };
             let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
             eprintln!(
-                "train {:?} {}x{} on {}: {:.2} s per step (mean of {}), peak memory {:.2} GiB ({}), weights {:.2} GiB",
+                "train {:?} {}x{} on {} (checkpointing {}): {:.2} s per step (mean of {}), peak memory {:.2} GiB ({}), weights {:.2} GiB",
                 a.arch,
                 a.size,
                 a.size,
                 name,
+                !a.no_checkpointing,
                 mean,
                 timed.len(),
                 report.peak_memory_bytes as f64 / (1u64 << 30) as f64,

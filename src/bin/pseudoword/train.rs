@@ -95,6 +95,9 @@ pub struct TrainArgs {
     /// Weights variant, e.g. `fp16`.
     #[arg(long)]
     pub variant: Option<String>,
+    /// Keep every UNet activation for backward instead of re-running modules (faster, much more memory).
+    #[arg(long)]
+    pub no_checkpointing: bool,
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
@@ -180,6 +183,7 @@ pub fn run(a: TrainArgs) -> Result<(), Error> {
         adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
         gradient_accumulation_steps: a.grad_accum,
         lr_schedule: if a.warmup > 0 { LrSchedule::ConstantWithWarmup { warmup_steps: a.warmup } } else { LrSchedule::Constant },
+        gradient_checkpointing: !a.no_checkpointing,
     };
     let trainer = pollster::block_on(TextualInversionTrainer::new(sd, &a.token, &a.init_word, a.vectors, config))?;
     let templates: Vec<String> =

@@ -3,6 +3,7 @@
 //! stop for losses that only need the first part of the network.
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 pub use blocks::{BlockArgs, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UNetMidBlock2DConfig, UNetMidBlock2DCrossAttn, UpBlock2D};
+pub use checkpoint::UNetTape;
 pub use config::{DownBlockType, MidBlockType, PerBlock, UNet2DConditionConfig, UpBlockType};
 
 use super::attention::{Attention, AttnCapture, Transformer2DModel};
