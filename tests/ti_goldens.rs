@@ -47,7 +47,12 @@ fn run(name: &str, n_vectors: usize, gradient_checkpointing: bool) {
     let init_id: u32 = g.metadata["initializer_token_id"].parse().unwrap();
     assert_eq!(tokens.len(), n_vectors);
 
-    let sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
+    let mut sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
+    if gradient_checkpointing {
+        // several query chunks per self-attention (32x32 = 1024 queries), so the chunked
+        // attention backward is exercised
+        sd.unet.set_query_chunk_size(Some(100));
+    }
     let config = TrainConfig { learning_rate: lr, gradient_checkpointing, ..TrainConfig::default() };
     let mut ti = pollster::block_on(TextualInversionTrainer::new(sd, &tokens[0], init_word, n_vectors, config)).unwrap();
     assert_eq!(ti.placeholder_tokens(), &tokens[..]);

@@ -2,6 +2,7 @@
 //! PyTorch attribute names, so safetensors keys load by construction (see `crate::weights`).
 
 pub mod attention;
+pub mod attention_vjp;
 pub mod clip;
 pub mod embeddings;
 pub mod nn;

@@ -204,18 +204,17 @@ impl UNetTape<'_> {
                     } else {
                         None
                     };
-                    let x = self.inputs[k].take().expect("input kept for every re-run op").autodiff().require_grad();
-                    if let Op::Transformer(_) = op {
-                        let ehs = self.ehs.clone().autodiff().require_grad();
-                        let out = self.apply(op, x.clone(), &ehs, size);
-                        let grads = (out * g.clone().autodiff()).sum().backward();
-                        let ge = ehs.grad(&grads).expect("the text embedding reaches every transformer");
+                    let x = self.inputs[k].take().expect("input kept for every re-run op");
+                    if let Op::Transformer(t) = op {
+                        // memory-efficient: attention differentiated one query chunk at a time
+                        let (gx, ge) = t.vjp(x, &self.ehs, g);
                         g_ehs = Some(match g_ehs {
                             Some(acc) => acc + ge,
                             None => ge,
                         });
-                        g = x.grad(&grads).expect("the hidden state reaches the output");
+                        g = gx;
                     } else {
+                        let x = x.autodiff().require_grad();
                         let out = self.apply(op, x.clone(), &self.ehs.clone(), size);
                         let grads = (out * g.clone().autodiff()).sum().backward();
                         g = x.grad(&grads).expect("the hidden state reaches the output");
