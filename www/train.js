@@ -148,8 +148,24 @@ function onTrainProgress(msg) {
   drawLoss();
 }
 
+// Shows the settings of the autosaved run in the form (what a resume continues).
+function fillForm(params) {
+  if (!params) return;
+  const set = (id, v) => v !== undefined && v !== null && ($(id).value = v);
+  set("train-token", params.token);
+  set("train-init", params.init_word);
+  set("train-templates", params.templates);
+  set("train-steps", params.steps);
+  set("train-lr", params.lr);
+  set("train-resolution", params.resolution);
+  set("train-vectors", params.vectors);
+  set("train-seed", params.seed);
+  $("train-preset").value = "custom";
+}
+
 async function startTraining(resume) {
   if (running) return;
+  if (resume) fillForm(api.training.autosave && api.training.autosave.params);
   showError($("train-error"), "");
   running = true;
   trained = false;
@@ -199,8 +215,11 @@ async function refreshAutosave() {
     const box = $("train-autosave");
     box.hidden = !r.exists || running;
     if (r.exists) {
-      $("train-autosave-text").textContent =
-        `An autosaved training of ${r.params.token} is at step ${r.step} of ${r.steps} (${r.photos.length} photos, saved ${new Date(r.saved_at).toLocaleString()}). `;
+      const finished = r.step >= r.steps;
+      $("train-autosave-text").textContent = finished
+        ? `A finished training of ${r.params.token} (${r.steps} steps, ${r.photos.length} photos, saved ${new Date(r.saved_at).toLocaleString()}) is kept in this browser. `
+        : `An autosaved training of ${r.params.token} is at step ${r.step} of ${r.steps} (${r.photos.length} photos, saved ${new Date(r.saved_at).toLocaleString()}). `;
+      $("train-resume-autosave").textContent = finished ? "Restore" : "Resume";
     }
   } catch {
     /* IndexedDB unavailable (private mode): no autosave */
