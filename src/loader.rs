@@ -6,21 +6,22 @@ use burn::tensor::Device;
 
 use crate::error::Error;
 use crate::models::{AutoencoderKL, AutoencoderKLConfig, CLIPTextConfig, CLIPTextModel, UNet2DConditionConfig, UNet2DConditionModel};
-use crate::weights::{ByteSource, SafetensorsHeader, load_params};
+use crate::weights::{ByteSource, SafetensorsHeader, WeightStorage, load_params};
 
 /// Loads a `CLIPTextModel` from its `config.json` text and a safetensors source, tensor by
-/// tensor; `progress(done, total, key)` after each tensor.
+/// tensor, stored as `storage` says; `progress(done, total, key)` after each tensor.
 pub async fn load_text_encoder<S: ByteSource>(
     config_json: &str,
     config_file: &str,
     weights: &S,
     device: &Device,
+    storage: WeightStorage,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<CLIPTextModel, Error> {
     let config = CLIPTextConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
     let specs = CLIPTextModel::param_specs(&config);
-    let mut map = load_params(weights, &header, CLIPTextModel::NAME, &specs, device, progress).await?;
+    let mut map = load_params(weights, &header, CLIPTextModel::NAME, &specs, device, storage, progress).await?;
     let model = CLIPTextModel::from_map(&config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)
@@ -33,12 +34,13 @@ pub async fn load_unet<S: ByteSource>(
     config_file: &str,
     weights: &S,
     device: &Device,
+    storage: WeightStorage,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<UNet2DConditionModel, Error> {
     let config = UNet2DConditionConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
     let specs = UNet2DConditionModel::param_specs(&config);
-    let mut map = load_params(weights, &header, UNet2DConditionModel::NAME, &specs, device, progress).await?;
+    let mut map = load_params(weights, &header, UNet2DConditionModel::NAME, &specs, device, storage, progress).await?;
     let model = UNet2DConditionModel::from_map(&config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)
@@ -51,12 +53,13 @@ pub async fn load_vae<S: ByteSource>(
     config_file: &str,
     weights: &S,
     device: &Device,
+    storage: WeightStorage,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<AutoencoderKL, Error> {
     let config = AutoencoderKLConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
     let specs = AutoencoderKL::param_specs(&config);
-    let mut map = load_params(weights, &header, AutoencoderKL::NAME, &specs, device, progress).await?;
+    let mut map = load_params(weights, &header, AutoencoderKL::NAME, &specs, device, storage, progress).await?;
     let model = AutoencoderKL::from_map(&config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)

@@ -9,6 +9,7 @@ use burn::tensor::Device;
 use crate::embedding_files::{TextualInversion, read_safetensors_embedding};
 use crate::error::{ConfigError, DeviceError, Error};
 use crate::loader::load_text_encoder;
+use crate::weights::WeightStorage;
 use crate::pipeline::{PromptEncoder, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
@@ -72,6 +73,11 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
 /// Loads tokenizer + text encoder of a diffusers model folder (`tokenizer/`, `text_encoder/`).
 /// `variant` picks `model.<variant>.safetensors` (e.g. `fp16`).
 pub fn load_prompt_encoder(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
+    load_prompt_encoder_with(model_dir, variant, device, WeightStorage::F32)
+}
+
+/// [`load_prompt_encoder`] with the weights kept as `storage` says.
+pub fn load_prompt_encoder_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<PromptEncoder, Error> {
     if !model_dir.is_dir() {
         return Err(Error::Input(format!("model folder {} does not exist or is not a folder", model_dir.display())));
     }
@@ -80,7 +86,7 @@ pub fn load_prompt_encoder(model_dir: &Path, variant: Option<&str>, device: &Dev
     let config_path = te_dir.join("config.json");
     let config = read_text(&config_path)?;
     let weights = FileSource::open(&find_weights_file(&te_dir, variant)?)?;
-    let model = pollster::block_on(load_text_encoder(&config, &config_path.display().to_string(), &weights, device, &mut |_, _, _| {}))?;
+    let model = pollster::block_on(load_text_encoder(&config, &config_path.display().to_string(), &weights, device, storage, &mut |_, _, _| {}))?;
     Ok(PromptEncoder::new(tokenizer, model))
 }
 
@@ -136,7 +142,13 @@ pub fn read_f32_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)
 /// Loads a whole diffusers Stable Diffusion folder (`tokenizer/`, `text_encoder/`, `unet/`,
 /// `vae/`, `scheduler/`) onto `device`. `variant` picks `*.<variant>.safetensors` weights.
 pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<StableDiffusion, Error> {
-    let prompt = load_prompt_encoder(model_dir, variant, device)?;
+    load_stable_diffusion_with(model_dir, variant, device, WeightStorage::F32)
+}
+
+/// [`load_stable_diffusion`] with the weights kept as `storage` says (`F16`: half the memory,
+/// f32 compute).
+pub fn load_stable_diffusion_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<StableDiffusion, Error> {
+    let prompt = load_prompt_encoder_with(model_dir, variant, device, storage)?;
     let component = |name: &str| -> Result<(String, String, FileSource), Error> {
         let dir = model_dir.join(name);
         let config_path = dir.join("config.json");
@@ -146,9 +158,9 @@ pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &D
     };
     let (c, f, w) = component("unet")?;
     let sample_size = crate::loader::unet_sample_size(&c);
-    let unet = pollster::block_on(crate::loader::load_unet(&c, &f, &w, device, &mut |_, _, _| {}))?;
+    let unet = pollster::block_on(crate::loader::load_unet(&c, &f, &w, device, storage, &mut |_, _, _| {}))?;
     let (c, f, w) = component("vae")?;
-    let vae = pollster::block_on(crate::loader::load_vae(&c, &f, &w, device, &mut |_, _, _| {}))?;
+    let vae = pollster::block_on(crate::loader::load_vae(&c, &f, &w, device, storage, &mut |_, _, _| {}))?;
     let sched_path = model_dir.join("scheduler/scheduler_config.json");
     let sched_text = read_text(&sched_path)?;
     let scheduler_config = SchedulerConfig::from_json(&sched_text, &sched_path.display().to_string())?;

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::Error;
 use crate::models::{AutoencoderKL, AutoencoderKLConfig, UNet2DConditionConfig, UNet2DConditionModel, UNetCapture};
-use crate::weights::{ParamSpec, TensorMap};
+use crate::weights::{ParamSpec, TensorMap, WeightStorage};
 
 /// Architectures the bench knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,8 @@ impl Arch {
 
 /// Random weights for `specs` uploaded one tensor at a time (xorshift uniforms scaled to
 /// 1/sqrt(fan_in) for matrices, ~1 for norm scales, small biases).
-pub fn random_weights(name: &str, specs: &[ParamSpec], device: &Device, seed: u64) -> (TensorMap, usize) {
+/// Random weights for `specs` (matrices ~ 1/sqrt(fan_in)), kept as `storage` says.
+pub fn random_weights(name: &str, specs: &[ParamSpec], device: &Device, seed: u64, storage: WeightStorage) -> (TensorMap, usize) {
     let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -97,7 +98,9 @@ pub fn random_weights(name: &str, specs: &[ParamSpec], device: &Device, seed: u6
                 (0.05, 0.0)
             };
             let v: Vec<f32> = (0..n).map(|_| next() * scale + offset).collect();
-            (s.clone(), Tensor::<1>::from_data(TensorData::new(v, [n]), device))
+            let t = Tensor::<1>::from_data(TensorData::new(v, [n]), device);
+            let t = if storage == WeightStorage::F16 && s.shape.len() >= 2 { t.cast(burn::tensor::DType::F16) } else { t };
+            (s.clone(), t)
         })
         .collect();
     (TensorMap::from_tensors(name, tensors), count)
@@ -131,17 +134,25 @@ fn peak_rss() -> u64 {
 }
 
 /// Runs the generation benchmark: `steps` UNet steps at `size` x `size` pixels and one VAE decode.
-pub fn bench_generate(arch: Arch, size: usize, steps: usize, device: &Device, device_name: &str, query_chunk: Option<usize>) -> Result<BenchReport, Error> {
+pub fn bench_generate(
+    arch: Arch,
+    size: usize,
+    steps: usize,
+    device: &Device,
+    device_name: &str,
+    query_chunk: Option<usize>,
+    storage: WeightStorage,
+) -> Result<BenchReport, Error> {
     if size % 8 != 0 || size == 0 {
         return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
     }
     let t0 = Instant::now();
     let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
-    let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1);
+    let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
     let mut unet = UNet2DConditionModel::from_map(&uc, &mut map);
     unet.set_query_chunk_size(query_chunk);
     let vc = AutoencoderKLConfig::from_json(&arch.vae_config().to_string(), "bench vae config")?;
-    let (mut map, vae_parameters) = random_weights("random VAE", &AutoencoderKL::param_specs(&vc), device, 2);
+    let (mut map, vae_parameters) = random_weights("random VAE", &AutoencoderKL::param_specs(&vc), device, 2, storage);
     let mut vae = AutoencoderKL::from_map(&vc, &mut map);
     vae.set_query_chunk_size(query_chunk);
     let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));
@@ -184,7 +195,7 @@ pub fn bench_generate(arch: Arch, size: usize, steps: usize, device: &Device, de
         arch: format!("{arch:?}"),
         size,
         device: device_name.into(),
-        dtype: "f32".into(),
+        dtype: format!("{storage:?} weights, f32 compute").to_lowercase(),
         unet_parameters,
         vae_parameters,
         load_seconds,

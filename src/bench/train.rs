@@ -11,6 +11,7 @@ use super::{Arch, peak_rss, random_weights};
 use crate::error::Error;
 use crate::models::{CLIPTextConfig, CLIPTextModel, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::PredictionType;
+use crate::weights::WeightStorage;
 use crate::train::{Batch, diffusion_loss, diffusion_loss_checkpointed};
 
 /// What `bench train` measured.
@@ -55,17 +56,18 @@ pub fn bench_train(
     device_name: &str,
     query_chunk: Option<usize>,
     gradient_checkpointing: bool,
+    storage: WeightStorage,
 ) -> Result<TrainBenchReport, Error> {
     if size % 8 != 0 || size == 0 {
         return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
     }
     let t0 = Instant::now();
     let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
-    let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1);
+    let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
     let mut unet = UNet2DConditionModel::from_map(&uc, &mut map).no_grad();
     unet.set_query_chunk_size(query_chunk);
     let cc = CLIPTextConfig::from_json(&clip_config(arch).to_string(), "bench clip config")?;
-    let (mut map, text_encoder_parameters) = random_weights("random CLIP", &CLIPTextModel::param_specs(&cc), device, 3);
+    let (mut map, text_encoder_parameters) = random_weights("random CLIP", &CLIPTextModel::param_specs(&cc), device, 3, storage);
     let te = CLIPTextModel::from_map(&cc, &mut map).no_grad();
     let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));
     sync(device)?;
@@ -125,10 +127,10 @@ pub fn bench_train(
         arch: format!("{arch:?}"),
         size,
         device: device_name.into(),
-        dtype: "f32".into(),
+        dtype: format!("{storage:?} weights, f32 compute").to_lowercase(),
         unet_parameters,
         text_encoder_parameters,
-        weight_bytes: 4 * (unet_parameters + text_encoder_parameters) as u64,
+        weight_bytes: if storage == WeightStorage::F16 { 2 } else { 4 } * (unet_parameters + text_encoder_parameters) as u64,
         load_seconds,
         step_seconds,
         peak_memory_bytes,

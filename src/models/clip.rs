@@ -247,6 +247,7 @@ impl CLIPTextModel {
     /// rows, as `load_textual_inversion` does); the new ids are `num_tokens()..num_tokens()+n`.
     pub fn add_token_rows(&mut self, rows: Tensor<2>) {
         let w = self.text_model.embeddings.token_embedding.weight.val();
+        let rows = if rows.dtype() == w.dtype() { rows } else { rows.cast(w.dtype()) };
         self.text_model.embeddings.token_embedding.weight = Param::from_tensor(Tensor::cat(vec![w, rows], 0));
     }
 

@@ -9,6 +9,12 @@ use burn::tensor::{Int, Tensor, activation};
 use crate::weights::{ParamSpec, TensorMap};
 
 /// `torch.nn.Linear`. `weight` keeps PyTorch's layout `[out_features, in_features]`.
+/// Weights may be stored in f16 (see [`crate::weights::WeightStorage`]); all compute is f32:
+/// f16 tensors are widened where they are used (the f32 copy lives only for that op).
+pub fn compute_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.dtype() == burn::tensor::DType::F32 { t } else { t.cast(burn::tensor::DType::F32) }
+}
+
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
@@ -33,7 +39,7 @@ impl Linear {
 
     /// `[..., in] -> [..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        burn::tensor::module::linear(x, compute_f32(self.weight.val()).transpose(), self.bias.as_ref().map(|b| b.val()))
     }
 }
 
@@ -82,7 +88,7 @@ impl Embedding {
 
     /// `[batch, seq] -> [batch, seq, dim]`
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        burn::tensor::module::embedding(self.weight.val(), ids)
+        compute_f32(burn::tensor::module::embedding(self.weight.val(), ids))
     }
 }
 
@@ -162,7 +168,7 @@ impl Conv2d {
     /// (`F.pad(x, (0, 1, 0, 1))` followed by an unpadded conv is `[(0, 1), (0, 1)]`).
     pub fn forward_padded(&self, x: Tensor<4>, padding: [(usize, usize); 2]) -> Tensor<4> {
         let options = ConvOptions::new_with_padding([self.stride; 2], padding, [1, 1], 1);
-        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+        conv2d(x, compute_f32(self.weight.val()), self.bias.as_ref().map(|b| b.val()), options)
     }
 }
 

@@ -287,6 +287,7 @@ impl TextualInversionTrainer {
         for (r, &id) in self.placeholder_ids.iter().enumerate() {
             let row = Tensor::<2>::from_data(TensorData::new(self.rows[r * self.dim..(r + 1) * self.dim].to_vec(), [1, self.dim]), &device);
             let id = id as usize;
+            let row = if row.dtype() == w.dtype() { row } else { row.cast(w.dtype()) };
             w = w.slice_assign([id..id + 1, 0..self.dim], row);
         }
         debug_assert_eq!(n, self.placeholder_tokens.len());

@@ -20,7 +20,7 @@ use crate::schedulers::{SchedulerConfig, SchedulerKind};
 mod generate;
 mod train;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
-use crate::weights::ByteSource;
+use crate::weights::{ByteSource, WeightStorage};
 
 thread_local! {
     /// The WebGPU device, initialised once per worker (burn's runtime cannot be re-initialised).
@@ -180,7 +180,7 @@ impl Session {
                 let _ = on_progress.call1(&JsValue::NULL, &o);
             }
         };
-        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, &mut progress_for("text_encoder"))
+        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, WeightStorage::F32, &mut progress_for("text_encoder"))
             .await
             .map_err(|e: Error| js_err(e))?;
         let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
@@ -188,10 +188,10 @@ impl Session {
         let loaded = if get_blob(&files, "unet/config.json").is_some() {
             let unet_config = blob_text(&files, "unet/config.json", true).await?.unwrap_or_default();
             let unet_src = weights_source(&files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
-            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, &mut progress_for("unet")).await.map_err(js_err)?;
+            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, WeightStorage::F32, &mut progress_for("unet")).await.map_err(js_err)?;
             let vae_config = blob_text(&files, "vae/config.json", true).await?.unwrap_or_default();
             let vae_src = weights_source(&files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
-            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, &mut progress_for("vae")).await.map_err(js_err)?;
+            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, WeightStorage::F32, &mut progress_for("vae")).await.map_err(js_err)?;
             let sched_text = blob_text(&files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
             let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
             let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;

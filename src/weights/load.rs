@@ -52,6 +52,37 @@ impl TensorMap {
 }
 
 /// Converts raw little-endian bytes of `dtype` to f32.
+/// How float weights are kept on the device. Compute is always f32 (see
+/// [`crate::models::nn::compute_f32`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightStorage {
+    /// Every tensor in f32 (4 bytes per weight).
+    #[default]
+    F32,
+    /// Matrices and convolution kernels (every tensor of rank >= 2) in f16, half the memory;
+    /// vectors (biases, norms) stay f32. Needs a device with f16 buffers (WebGPU `shader-f16`).
+    F16,
+}
+
+impl std::str::FromStr for WeightStorage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            o => Err(format!("unknown weight storage `{o}`: use f32 or f16")),
+        }
+    }
+}
+
+fn to_f16(bytes: &[u8], dtype: WeightDtype) -> Vec<half::f16> {
+    match dtype {
+        WeightDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect(),
+        other => to_f32(bytes, other).into_iter().map(half::f16::from_f32).collect(),
+    }
+}
+
 fn to_f32(bytes: &[u8], dtype: WeightDtype) -> Vec<f32> {
     match dtype {
         WeightDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -81,6 +112,7 @@ pub async fn load_params<S: ByteSource>(
     model: &str,
     specs: &[ParamSpec],
     device: &Device,
+    storage: WeightStorage,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<TensorMap, WeightsError> {
     let file = header.file.clone();
@@ -133,10 +165,18 @@ pub async fn load_params<S: ByteSource>(
     let mut tensors = HashMap::with_capacity(total);
     for (i, (spec, entry, dtype)) in plan.into_iter().enumerate() {
         let bytes = source.read(entry.start, entry.len as usize).await?;
-        let values = to_f32(&bytes, dtype);
-        drop(bytes);
-        let n = values.len();
-        let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+        let t = if storage == WeightStorage::F16 && spec.shape.len() >= 2 {
+            let values = to_f16(&bytes, dtype);
+            drop(bytes);
+            let n = values.len();
+            let options = burn::tensor::TensorCreationOptions::new(device.clone()).with_dtype(burn::tensor::DType::F16);
+            Tensor::<1>::from_data(TensorData::new(values, [n]), options)
+        } else {
+            let values = to_f32(&bytes, dtype);
+            drop(bytes);
+            let n = values.len();
+            Tensor::<1>::from_data(TensorData::new(values, [n]), device)
+        };
         tensors.insert(spec.key.clone(), (t, spec.shape.clone()));
         progress(i + 1, total, &spec.key);
     }

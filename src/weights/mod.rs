@@ -10,7 +10,7 @@ mod source;
 
 pub use header::{SafetensorsHeader, TensorEntry, WeightDtype};
 pub use keys::canonical_key;
-pub use load::{ParamSpec, TensorMap, load_params, read_tensor_f32};
+pub use load::{ParamSpec, TensorMap, WeightStorage, load_params, read_tensor_f32};
 pub use source::ByteSource;
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, find_weights_file};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use pseudoword::error::Error;
-use pseudoword::native::{load_stable_diffusion, read_f32_tensor, select_device};
+use pseudoword::native::{read_f32_tensor, select_device};
 use pseudoword::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
 use pseudoword::pipeline::{GenerateParams, generate};
 use pseudoword::schedulers::{PredictionType, SchedulerKind, TimestepSpacing};
@@ -71,7 +71,7 @@ fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
 
 pub fn run(a: GenerateArgs) -> Result<(), Error> {
     let (device, device_name) = select_device(a.common.device)?;
-    let mut sd = load_stable_diffusion(&a.common.model, a.variant.as_deref(), &device)?;
+    let mut sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, a.variant.as_deref(), &device, a.common.storage)?;
     add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
     let mut p = GenerateParams::new(a.prompt.clone(), &sd);
     p.negative_prompt = a.negative_prompt.clone();

@@ -13,7 +13,7 @@ mod convert;
 mod generate;
 mod train;
 use pseudoword::error::Error;
-use pseudoword::native::{DeviceChoice, load_prompt_encoder, parse_embedding_arg, read_embedding_file, select_device};
+use pseudoword::native::{DeviceChoice, parse_embedding_arg, read_embedding_file, select_device};
 use pseudoword::pipeline::{PromptEncoder, Tokenized};
 use pseudoword::tokenizer::ClipTokenizer;
 use safetensors::Dtype;
@@ -37,6 +37,9 @@ pub(crate) struct Common {
     /// Compute device: cpu, wgpu, or auto (wgpu when an adapter exists, else cpu).
     #[arg(long, default_value = "auto")]
     pub(crate) device: DeviceChoice,
+    /// Weight storage on the device: f32, or f16 (matrices in f16: half the memory; compute stays f32).
+    #[arg(long, default_value = "f32")]
+    pub(crate) storage: pseudoword::weights::WeightStorage,
 }
 
 #[derive(Subcommand)]
@@ -127,7 +130,7 @@ fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
 }
 
 fn load_with_embeddings(common: &Common, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
-    let mut enc = load_prompt_encoder(&common.model, variant, device)?;
+    let mut enc = pseudoword::native::load_prompt_encoder_with(&common.model, variant, device, common.storage)?;
     add_embeddings(&mut enc, &common.embeddings)?;
     Ok(enc)
 }

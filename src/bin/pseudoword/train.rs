@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use pseudoword::embedding_files::{A1111Meta, EmbeddingFormat, write_embedding};
 use pseudoword::error::Error;
-use pseudoword::native::{load_stable_diffusion, select_device};
+use pseudoword::native::{select_device};
 use pseudoword::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
 use pseudoword::pipeline::{GenerateParams, generate};
 use pseudoword::train::{
@@ -161,7 +161,7 @@ pub fn run(a: TrainArgs) -> Result<(), Error> {
         None => None,
     };
     let (device, device_name) = select_device(a.common.device)?;
-    let sd = load_stable_diffusion(&a.common.model, a.variant.as_deref(), &device)?;
+    let sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, a.variant.as_deref(), &device, a.common.storage)?;
     let resolution = a.resolution.unwrap_or(sd.default_size() as u32);
     let photos = if replay.is_none() {
         let files = photo_files(&a.images)?;
