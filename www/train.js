@@ -5,8 +5,8 @@
 const $ = (id) => document.getElementById(id);
 
 const PRESETS = {
-  quality: { steps: 3000, scale: 1, help: "Native resolution, 3000 steps: the usual textual-inversion recipe; slowest." },
-  fast: { steps: 500, scale: 0.5, help: "Half resolution, 500 steps: minutes instead of hours; less detail and likeness." },
+  quality: { steps: 3000, scale: 1, preview: 250, help: "Native resolution, 3000 steps: the usual textual-inversion recipe; slowest." },
+  fast: { steps: 500, scale: 0.5, preview: 100, help: "Half resolution, 500 steps: minutes instead of hours; less detail and likeness." },
   custom: { help: "Your own steps, learning rate and resolution." },
 };
 
@@ -16,6 +16,7 @@ let info = null;
 const photos = []; // {name, bytes: Uint8Array, url}
 let running = false;
 let trained = false;
+let previewUrl = null;
 
 function showError(el, message) {
   el.textContent = message || "";
@@ -87,6 +88,7 @@ function applyPreset() {
   $("train-preset-help").textContent = preset.help;
   if (!preset.steps || !info) return;
   $("train-steps").value = preset.steps;
+  $("train-preview-every").value = preset.preview;
   const size = Math.max(64, Math.round((info.default_size * preset.scale) / 8) * 8);
   $("train-resolution").value = size;
 }
@@ -136,6 +138,15 @@ function onTrainProgress(msg) {
     if (msg.state === "preparing") $("train-status").textContent = "Preparing: decoding photos and encoding them with the VAE…";
     return;
   }
+  if (msg.stage === "train_preview") {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(new Blob([msg.png], { type: "image/png" }));
+    $("train-preview-img").src = previewUrl;
+    $("train-preview-caption").textContent = `Preview after step ${msg.step} (fixed prompt and seed).`;
+    $("train-preview").hidden = false;
+    api.training.previews = (api.training.previews || 0) + 1;
+    return;
+  }
   if (msg.stage !== "train") return;
   const log = msg.log;
   api.training.losses.push(log.loss);
@@ -169,10 +180,11 @@ async function startTraining(resume) {
   showError($("train-error"), "");
   running = true;
   trained = false;
-  setTraining({ state: "preparing", step: 0, steps: 0, losses: [], error: null, tokens: null });
+  setTraining({ state: "preparing", step: 0, steps: 0, losses: [], error: null, tokens: null, previews: 0 });
   updateControls();
   try {
-    const payload = resume ? { resume: true } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })) };
+    const preview = { preview_every: Number($("train-preview-every").value) || 0, preview_steps: 10 };
+    const payload = resume ? { resume: true, ...preview } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })), ...preview };
     const r = (await request("train", payload, onTrainProgress)).result;
     trained = r.step > 0;
     setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens });

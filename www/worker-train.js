@@ -6,7 +6,8 @@
 //     {id, command: "check_photo", name, bytes: Uint8Array}
 //     {id, command: "train", params: {token, init_word, vectors, templates, steps, lr, warmup,
 //          resolution, flip_p, batch, grad_accum, seed, checkpoint_every}, photos: [{name, bytes}],
-//          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */}
+//          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */,
+//          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */}
 //     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
 //     {id, command: "export_embedding", format: "diffusers" | "a1111" | "a1111-pt" | "a1111-png"}
 //     {id, command: "finish_training"}    // the token becomes usable in prompts
@@ -17,6 +18,7 @@
 //     {id, status: "progress", stage: "train", log: {step, loss, lr, grad_norm, row_norms,
 //          timesteps, rollback?}, steps, elapsed_ms, eta_ms, autosaved_step}
 //     {id, status: "progress", stage: "train_state", state: "preparing" | "running" | "paused"}
+//     {id, status: "progress", stage: "train_preview", step, png: Uint8Array}  // preview image
 //     {id, status: "result", command: "train", result: {state: "done" | "cancelled", step, steps,
 //          tokens, elapsed_ms}}
 //     {id, status: "result", command: "export_embedding", result: {bytes: Uint8Array, format}}
@@ -122,6 +124,11 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
         const log = plain(await s.train_step());
         step = Number(log.step);
         if (!log.rollback && (step % autosaveEvery === 0 || step >= steps)) await save();
+        const previewEvery = Number(msg.preview_every || 0);
+        if (!log.rollback && previewEvery > 0 && step % previewEvery === 0) {
+          const png = Uint8Array.from(await s.training_preview(Number(msg.preview_steps || 10), Number(params.seed || 0)));
+          postMessage({ id, status: "progress", stage: "train_preview", step, png }, [png.buffer]);
+        }
         const now = performance.now();
         const perStep = (now - tRun) / Math.max(1, step - startStep);
         postMessage({

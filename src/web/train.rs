@@ -12,6 +12,8 @@ use wasm_bindgen::prelude::*;
 
 use super::{Session, js_err, set};
 use crate::embedding_files::{A1111Meta, EmbeddingFormat, read_embedding, write_embedding};
+use crate::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
+use crate::pipeline::{GenerateParams, Txt2Img, decode_latents};
 use crate::train::{
     AdamWConfig, Checkpoint, DataSource, LatentCache, LrSchedule, OBJECT_TEMPLATES, RunConfig, STYLE_TEMPLATES, SamplerConfig,
     TextualInversionTrainer, TrainConfig, TrainingRun, prepare_photo,
@@ -71,6 +73,9 @@ pub(super) struct Training {
     run: Option<TrainingRun>,
     params: JsTrainParams,
     model_name: String,
+    resolution: u32,
+    /// First template filled with the placeholder string: the preview prompt.
+    preview_prompt: String,
 }
 
 fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsValue> {
@@ -137,7 +142,8 @@ impl Session {
         set(&o, "tokens", run.trainer.placeholder_tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
         set(&o, "resolution", resolution as f64);
         set(&o, "photos", prepared.len() as f64);
-        *self.training.borrow_mut() = Some(Training { run: Some(run), params: p, model_name });
+        let preview_prompt = templates[0].replace("{}", &run.trainer.placeholder_string());
+        *self.training.borrow_mut() = Some(Training { run: Some(run), params: p, model_name, resolution, preview_prompt });
         Ok(o.into())
     }
 
@@ -163,6 +169,48 @@ impl Session {
         set(&o, "done", log.step >= steps);
         set(&o, "steps", steps as f64);
         Ok(o.into())
+    }
+
+    /// A preview of the current embedding: the first template with the token, `steps` denoising
+    /// steps at the training resolution, fixed `seed`. Returns PNG bytes (A1111 parameters).
+    pub async fn training_preview(&self, steps: usize, seed: f64) -> Result<Uint8Array, JsValue> {
+        let (sd, prompt, size) = {
+            let mut t = self.training.borrow_mut();
+            let t = t.as_mut().ok_or_else(|| js_err("no training is running"))?;
+            let run = t.run.as_mut().ok_or_else(|| js_err("a training step is running"))?;
+            run.trainer.write_rows_to_text_encoder();
+            (run.trainer.model().clone(), t.preview_prompt.clone(), t.resolution as usize)
+        };
+        let mut p = GenerateParams::new(prompt, &sd);
+        p.steps = steps.max(1);
+        p.seed = seed as u64;
+        p.width = size;
+        p.height = size;
+        let mut job = Txt2Img::new(&sd, &p, None).map_err(js_err)?;
+        while !job.is_done() {
+            job.step(&sd).map_err(js_err)?;
+        }
+        let image = decode_latents(&sd, job.latents());
+        let [_, h, w, _] = image.dims();
+        let data = image.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
+        let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
+        let kind = sd.default_scheduler;
+        let text = A1111Parameters {
+            prompt: p.prompt.clone(),
+            negative_prompt: String::new(),
+            steps: p.steps,
+            sampler: a1111_sampler(kind).into(),
+            cfg_scale: p.guidance,
+            seed: p.seed,
+            width: w,
+            height: h,
+            model: sd.name.clone(),
+            extra: vec![],
+        }
+        .to_text();
+        let mut png = Vec::new();
+        encode_png(&to_rgb8(&values[..h * w * 3]), w, h, &text, &mut png).map_err(js_err)?;
+        Ok(Uint8Array::from(png.as_slice()))
     }
 
     /// The current training state as checkpoint bytes (for autosave), or the last good one when

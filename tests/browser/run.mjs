@@ -632,6 +632,7 @@ async function main() {
         await page.fill("#train-resolution", "64");
         await page.fill("#train-seed", "11");
         await page.fill("#train-lr", "0.005");
+        await page.fill("#train-preview-every", "3");
         const t0 = Date.now();
         await page.click("#train-start");
         await page.waitForFunction(
@@ -664,6 +665,10 @@ async function main() {
         assert.equal(t.state, "done", `resumed training: ${t.state} ${t.error || ""}`);
         assert.equal(t.step, steps);
         assert.equal(await page.inputValue("#train-token"), "<cat-toy>", "the form shows the resumed run's settings");
+        assert.equal(t.previews, 1, "one preview (at step 3)");
+        assert.ok(await page.isVisible("#train-preview-img"), "preview image shown");
+        const previewSize = await page.evaluate(() => [document.getElementById("train-preview-img").naturalWidth, document.getElementById("train-preview-img").naturalHeight]);
+        assert.deepEqual(previewSize, [64, 64], "preview at the training resolution");
         const losses = [...firstLosses.slice(0, cancelledAt), ...t.losses];
         assert.equal(losses.length, steps);
         const seconds = (Date.now() - t0) / 1000;
