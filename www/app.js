@@ -395,7 +395,9 @@ async function onLoad(event) {
   $("load-status").textContent = `Loading ${baseUrl} (${variant})…`;
   setState("loading");
   try {
-    const msg = await request("load", { baseUrl, variant }, onProgress);
+    // f16 weight storage halves GPU memory where the adapter has shader-f16 (compute stays f32)
+    const storage = $("storage").value === "auto" ? (api.gpu && api.gpu.shaderF16 ? "f16" : "f32") : $("storage").value;
+    const msg = await request("load", { baseUrl, variant, storage }, onProgress);
     api.info = msg.info;
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
     fillKv($("model-info"), [

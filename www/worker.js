@@ -2,7 +2,7 @@
 //
 // Protocol (every request carries an `id`; every reply to it echoes that `id`):
 //   main -> worker
-//     {id, command: "load", baseUrl, variant: "fp32" | "fp16"}
+//     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16"}
 //     {id, command: "encode", prompt}
 //     {id, command: "tokenize", prompt}
 //     {id, command: "generate", params: {prompt, negative_prompt, scheduler, steps, guidance, seed?,
@@ -259,6 +259,8 @@ async function load(msg) {
   let s;
   // The model's name for image metadata (A1111 "Model:"): the last segment of its URL.
   files.__name = new URL(msg.baseUrl, self.location.href).pathname.split("/").filter(Boolean).pop() || "model";
+  // Weights in GPU memory: f16 halves it (needs the adapter's shader-f16); compute is f32.
+  files.__storage = msg.storage === "f16" ? "f16" : "f32";
   try {
     s = await mod.Session.load(files, (p) => {
       p = plain(p) || {};

@@ -157,6 +157,10 @@ impl Session {
     pub async fn load(files: Object, on_progress: Function) -> Result<Session, JsValue> {
         let t0 = js_sys::Date::now();
         let device = device().await?;
+        let storage = match Reflect::get(&files, &JsValue::from_str("__storage")).ok().and_then(|v| v.as_string()).as_deref() {
+            Some("f16") => WeightStorage::F16,
+            _ => WeightStorage::F32,
+        };
         let tok_files = TokenizerFiles {
             vocab_json: blob_text(&files, "tokenizer/vocab.json", true).await?.unwrap_or_default(),
             merges_txt: blob_text(&files, "tokenizer/merges.txt", true).await?.unwrap_or_default(),
@@ -180,7 +184,7 @@ impl Session {
                 let _ = on_progress.call1(&JsValue::NULL, &o);
             }
         };
-        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, WeightStorage::F32, &mut progress_for("text_encoder"))
+        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, storage, &mut progress_for("text_encoder"))
             .await
             .map_err(|e: Error| js_err(e))?;
         let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
@@ -188,10 +192,10 @@ impl Session {
         let loaded = if get_blob(&files, "unet/config.json").is_some() {
             let unet_config = blob_text(&files, "unet/config.json", true).await?.unwrap_or_default();
             let unet_src = weights_source(&files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
-            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, WeightStorage::F32, &mut progress_for("unet")).await.map_err(js_err)?;
+            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, storage, &mut progress_for("unet")).await.map_err(js_err)?;
             let vae_config = blob_text(&files, "vae/config.json", true).await?.unwrap_or_default();
             let vae_src = weights_source(&files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
-            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, WeightStorage::F32, &mut progress_for("vae")).await.map_err(js_err)?;
+            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, storage, &mut progress_for("vae")).await.map_err(js_err)?;
             let sched_text = blob_text(&files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
             let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
             let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;
@@ -220,6 +224,7 @@ impl Session {
             "hidden_act": cfg.hidden_act,
             "weights_file": weights_key,
             "weights_dtype": dtype,
+            "weights_storage": format!("{storage:?}").to_lowercase(),
             "load_ms": js_sys::Date::now() - t0,
         });
         Ok(Session { loaded: RefCell::new(loaded), info, running: RefCell::new(None), training: RefCell::new(None) })
