@@ -126,6 +126,7 @@ function readParams() {
     resolution: num("train-resolution"),
     vectors: num("train-vectors"),
     seed: num("train-seed"),
+    preview_every: num("train-preview-every") || 0,
     // autosave (and last-good checkpoint) every 5% of the run, at least every 10 steps
     checkpoint_every: Math.max(1, Math.min(10, Math.ceil(num("train-steps") / 20))),
   };
@@ -171,6 +172,7 @@ function fillForm(params) {
   set("train-resolution", params.resolution);
   set("train-vectors", params.vectors);
   set("train-seed", params.seed);
+  set("train-preview-every", params.preview_every);
   $("train-preset").value = "custom";
 }
 
@@ -183,8 +185,8 @@ async function startTraining(resume) {
   setTraining({ state: "preparing", step: 0, steps: 0, losses: [], error: null, tokens: null, previews: 0 });
   updateControls();
   try {
-    const preview = { preview_every: Number($("train-preview-every").value) || 0, preview_steps: 10 };
-    const payload = resume ? { resume: true, ...preview } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })), ...preview };
+    // a resumed run keeps its own settings (preview interval included)
+    const payload = resume ? { resume: true, preview_steps: 10 } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })), preview_steps: 10 };
     const r = (await request("train", payload, onTrainProgress)).result;
     trained = r.step > 0;
     setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens });

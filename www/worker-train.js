@@ -5,7 +5,8 @@
 //   main -> worker
 //     {id, command: "check_photo", name, bytes: Uint8Array}
 //     {id, command: "train", params: {token, init_word, vectors, templates, steps, lr, warmup,
-//          resolution, flip_p, batch, grad_accum, seed, checkpoint_every}, photos: [{name, bytes}],
+//          resolution, flip_p, batch, grad_accum, seed, checkpoint_every, preview_every},
+//          photos: [{name, bytes}],
 //          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */,
 //          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */}
 //     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
@@ -124,7 +125,7 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
         const log = plain(await s.train_step());
         step = Number(log.step);
         if (!log.rollback && (step % autosaveEvery === 0 || step >= steps)) await save();
-        const previewEvery = Number(msg.preview_every || 0);
+        const previewEvery = Number(msg.preview_every ?? params.preview_every ?? 0);
         if (!log.rollback && previewEvery > 0 && step % previewEvery === 0) {
           const png = Uint8Array.from(await s.training_preview(Number(msg.preview_steps || 10), Number(params.seed || 0)));
           postMessage({ id, status: "progress", stage: "train_preview", step, png }, [png.buffer]);
