@@ -188,3 +188,63 @@ fn end_to_end_run_matches_reference() {
         }
     }
 }
+
+/// Every scheduler, a negative prompt, 2 images and a 2-vector pseudo-word as the negative
+/// target: the original branch is plain generation with the same seed, the suppressed branch
+/// differs; with ITO off and alpha 0 (SWR is then the identity) both branches agree.
+#[test]
+fn every_scheduler_pseudo_words_and_batches_work() {
+    use pseudoword::native::read_embedding_file;
+    use pseudoword::pipeline::Txt2Img;
+    let device = Device::flex();
+    let mut sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
+    let path = fixtures().join("embeddings/learned_embeds_2vec.safetensors");
+    let emb = read_embedding_file(&path, None).unwrap();
+    sd.prompt.add_embedding("2vec", &emb).unwrap();
+    let mut p = GenerateParams::new("a photo of <chelsea> on a sofa", &sd);
+    p.negative_prompt = "blurry".into();
+    p.steps = 5;
+    p.width = 64;
+    p.height = 64;
+    p.num_images = 2;
+    p.seed = 7;
+    let half = |t: Tensor<4>, i: usize| f32s(t.narrow(0, 2 * i, 2));
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::Pndm,
+        SchedulerKind::Euler,
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep { karras: true },
+        SchedulerKind::Lms,
+    ] {
+        p.scheduler = Some(kind);
+        let mut s = SuppressParams::new("<chelsea>");
+        s.opt_iters = 2;
+        let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &s, None)).unwrap();
+        assert_eq!(run.tokens().target, vec![4, 5], "{kind}: <chelsea> <chelsea>_1 positions");
+        assert_eq!(run.layers().size, [8, 8]);
+        let mut plain = Txt2Img::new(&sd, &p, None).unwrap();
+        let mut ito_steps = 0;
+        while !run.is_done() {
+            pollster::block_on(run.step(&sd)).unwrap();
+            plain.step(&sd).unwrap();
+            ito_steps += usize::from(!run.last_losses().is_empty());
+        }
+        assert_eq!(ito_steps, 1, "{kind}: ITO runs at step floor(0.2 * 5) = 1 only");
+        // batch composition changes float summation order a little (README pipeline tolerance: rtol 5e-5 / atol 5e-3)
+        assert_rel(&format!("{kind}: original branch vs plain generation"), &half(run.latents(), 0), &f32s(plain.latents()), 5e-5, 1e-3);
+        let d = max_abs_diff(&half(run.latents(), 0), &half(run.latents(), 1));
+        eprintln!("{kind}: suppressed vs original max abs diff {d:.3e}");
+        assert!(d > 1e-3, "{kind}: suppression changed nothing");
+
+        let mut off = SuppressParams::new("<chelsea>");
+        off.optimize = false;
+        off.alpha = 0.0;
+        let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &off, None)).unwrap();
+        while !run.is_done() {
+            pollster::block_on(run.step(&sd)).unwrap();
+            assert!(run.last_losses().is_empty());
+        }
+        assert_close(&format!("{kind}: alpha 0, no ITO: branches agree"), &half(run.latents(), 0), &half(run.latents(), 1), 1e-4);
+    }
+}
