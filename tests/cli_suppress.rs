@@ -218,3 +218,19 @@ fn generate_suppress_writes_suppressed_and_original_images() {
     // suppression options need --suppress
     assert!(!generate(&["--suppress-alpha", "2", "--out", &path("x.png")]).status.success());
 }
+
+#[test]
+fn bench_generate_suppress_reports_the_cost_ratio() {
+    let out = json(&pw(&[
+        "bench", "generate", "--arch", "bk-sdm-tiny", "--size", "64", "--steps", "1", "--device", "cpu", "--suppress", "--suppress-opt-iters", "1",
+    ]));
+    assert_eq!(out["map_size"], serde_json::json!([2, 2]), "BK-SDM-Tiny: coarsest down/up level of an 8x8 latent");
+    assert_eq!(out["run_steps"], 50);
+    assert_eq!(out["run_ito_steps"], 10);
+    for k in ["plain_step_seconds", "swr_step_seconds", "ito_step_seconds"] {
+        assert_eq!(out[k].as_array().unwrap().len(), 1, "{k}");
+    }
+    let ratio = out["cost_ratio"].as_f64().unwrap();
+    let swr_only = out["cost_ratio_swr_only"].as_f64().unwrap();
+    assert!(ratio.is_finite() && swr_only > 1.0 && ratio > swr_only, "{out}");
+}

@@ -1,6 +1,7 @@
 //! `pseudoword bench generate`: real architectures with random weights, timings and memory.
 
 use clap::{Args, Subcommand};
+use pseudoword::bench::suppress::bench_suppress;
 use pseudoword::bench::{Arch, bench_generate};
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, select_device};
@@ -29,6 +30,16 @@ pub struct BenchGenerate {
     /// Queries per attention chunk (memory-efficient attention); 0 = unchunked.
     #[arg(long, default_value_t = pseudoword::models::DEFAULT_QUERY_CHUNK_SIZE)]
     query_chunk: usize,
+    /// Time SuppressEOT instead (plain, SWR-only and ITO steps, `--steps` of each) and report
+    /// the cost ratio of a suppressed run to a plain one.
+    #[arg(long)]
+    suppress: bool,
+    /// ITO iterations per step (with --suppress).
+    #[arg(long, default_value_t = 10, requires = "suppress")]
+    suppress_opt_iters: usize,
+    /// Length of the run the cost ratio is for (with --suppress).
+    #[arg(long, default_value_t = 50, requires = "suppress")]
+    run_steps: usize,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
@@ -42,6 +53,15 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
             }
             let (device, name) = select_device(a.device)?;
             let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
+            if a.suppress {
+                let r = bench_suppress(a.arch, a.size, a.steps, a.run_steps, a.suppress_opt_iters, &device, name, chunk)?;
+                eprintln!(
+                    "{:?} {}x{} on {}: SuppressEOT costs {:.2}x plain generation over {} steps ({} with ITO x {} iterations; {:.2}x with SWR only)",
+                    a.arch, a.size, a.size, name, r.cost_ratio, r.run_steps, r.run_ito_steps, r.opt_iters, r.cost_ratio_swr_only
+                );
+                println!("{}", serde_json::to_string(&r).expect("report serializes"));
+                return Ok(());
+            }
             let report = bench_generate(a.arch, a.size, a.steps, &device, name, chunk)?;
             let steps = &report.unet_step_seconds;
             let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
