@@ -248,3 +248,38 @@ fn every_scheduler_pseudo_words_and_batches_work() {
         assert_close(&format!("{kind}: alpha 0, no ITO: branches agree"), &half(run.latents(), 0), &half(run.latents(), 1), 1e-4);
     }
 }
+
+/// The map-resolution rule on an SD 1.x-shaped UNet (4 levels, cross-attention at the first
+/// three, narrow channels): 64x64 latents -> 16x16 maps from `down_blocks.2` / `up_blocks.1`,
+/// as the reference's `res=16`; odd sizes round up like the stride-2 convolutions.
+#[test]
+fn map_layers_of_an_sd1_shaped_unet() {
+    use pseudoword::models::{UNet2DConditionConfig, UNet2DConditionModel};
+    let config = serde_json::json!({
+        "sample_size": 64, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 2, "norm_num_groups": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "attention_head_dim": 2, "cross_attention_dim": 32
+    });
+    let c = UNet2DConditionConfig::from_json(&config.to_string(), "test").unwrap();
+    let (mut map, _) = pseudoword::bench::random_weights("test", &UNet2DConditionModel::param_specs(&c), &Device::flex(), 3);
+    let unet = UNet2DConditionModel::from_map(&c, &mut map);
+    let layers = MapLayers::for_unet(&unet, [64, 64]).unwrap();
+    assert_eq!(layers.size, [16, 16]);
+    let want: Vec<String> = ["up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "up_blocks.1.attentions.2", "down_blocks.2.attentions.0", "down_blocks.2.attentions.1"]
+        .iter()
+        .map(|p| format!("{p}.transformer_blocks.0.attn2"))
+        .collect();
+    assert_eq!(layers.cross, want);
+    assert_eq!(layers.last, "up_blocks.1.attentions.2.transformer_blocks.0.attn2");
+    assert_eq!(MapLayers::for_unet(&unet, [96, 72]).unwrap().size, [24, 18]);
+    assert_eq!(MapLayers::for_unet(&unet, [9, 9]).unwrap().size, [3, 3]);
+    // the maps of a real pass at that size: [1, 16, 16, 77] and [1, 16, 16, 256], rows sum to 1
+    let sample = Tensor::<4>::random([1, 4, 64, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &Device::flex());
+    let ehs = Tensor::<3>::random([1, 77, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &Device::flex());
+    let maps = capture_maps(&unet, &layers, sample, 500.0, ehs);
+    assert_eq!(maps.cross.dims(), [1, 16, 16, 77]);
+    assert_eq!(maps.self_attn.dims(), [1, 16, 16, 256]);
+    let sums = f32s(maps.cross.sum_dim(3));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "cross maps are probabilities over the 77 keys");
+}

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use burn::tensor::Tensor;
 
+use crate::models::unet::{DownBlock, UpBlock};
 use crate::models::{UNet2DConditionModel, UNetCapture};
 
 /// The attention layers whose maps SuppressEOT aggregates, for one latent size.
@@ -31,15 +32,40 @@ pub struct MapLayers {
     pub last: String,
 }
 
-/// Level (number of 2x downsamplings) of an attention path; `None` for paths outside the UNet's
-/// down/mid/up blocks.
-fn level(path: &str, num_blocks: usize) -> Option<(usize, &'static str)> {
+/// Level (number of 2x downsamplings before it) of every down block, of the mid block and of
+/// every up block, from the blocks' down/upsamplers.
+fn block_levels(unet: &UNet2DConditionModel) -> (Vec<usize>, usize, Vec<usize>) {
+    let mut down = Vec::new();
+    let mut level = 0;
+    for b in &unet.down_blocks {
+        down.push(level);
+        let has = match b {
+            DownBlock::CrossAttnDownBlock2D(b) => b.downsamplers.is_some(),
+            DownBlock::DownBlock2D(b) => b.downsamplers.is_some(),
+        };
+        level += usize::from(has);
+    }
+    let mid = level;
+    let mut up = Vec::new();
+    for b in &unet.up_blocks {
+        up.push(level);
+        let has = match b {
+            UpBlock::CrossAttnUpBlock2D(b) => b.upsamplers.is_some(),
+            UpBlock::UpBlock2D(b) => b.upsamplers.is_some(),
+        };
+        level = level.saturating_sub(usize::from(has));
+    }
+    (down, mid, up)
+}
+
+/// Level and place (`down`, `mid`, `up`) of an attention path; `None` for other paths.
+fn level(path: &str, levels: &(Vec<usize>, usize, Vec<usize>)) -> Option<(usize, &'static str)> {
     let mut parts = path.split('.');
     let place = parts.next()?;
     match place {
-        "down_blocks" => Some((parts.next()?.parse().ok()?, "down")),
-        "up_blocks" => Some((num_blocks.checked_sub(1 + parts.next()?.parse::<usize>().ok()?)?, "up")),
-        "mid_block" => Some((num_blocks.saturating_sub(1), "mid")),
+        "down_blocks" => Some((*levels.0.get(parts.next()?.parse::<usize>().ok()?)?, "down")),
+        "up_blocks" => Some((*levels.2.get(parts.next()?.parse::<usize>().ok()?)?, "up")),
+        "mid_block" => Some((levels.1, "mid")),
         _ => None,
     }
 }
@@ -48,14 +74,14 @@ impl MapLayers {
     /// The layers for a latent of `[h, w]` (see the module docs for the rule). `None` when the
     /// UNet has no transformer layers in its down/up blocks.
     pub fn for_unet(unet: &UNet2DConditionModel, latent_size: [usize; 2]) -> Option<Self> {
-        let num_blocks = unet.down_blocks.len();
+        let levels = block_levels(unet);
         let paths = unet.attention_paths();
-        let lvl = paths.iter().filter_map(|p| level(p, num_blocks)).filter(|(_, place)| *place != "mid").map(|(l, _)| l).max()?;
+        let lvl = paths.iter().filter_map(|p| level(p, &levels)).filter(|(_, place)| *place != "mid").map(|(l, _)| l).max()?;
         // stride-2, padding-1 convolutions: ceil(x / 2) per level
         let shrink = |x: usize| (0..lvl).fold(x, |x, _| x.div_ceil(2));
         let size = [shrink(latent_size[0]), shrink(latent_size[1])];
         let chosen: Vec<(&String, &'static str)> =
-            paths.iter().filter_map(|p| level(p, num_blocks).filter(|(l, _)| *l == lvl).map(|(_, place)| (p, place))).collect();
+            paths.iter().filter_map(|p| level(p, &levels).filter(|(l, _)| *l == lvl).map(|(_, place)| (p, place))).collect();
         let last = chosen.last()?.0.clone();
         let ordered = |suffix: &str| -> Vec<String> {
             ["up", "down", "mid"]

@@ -74,6 +74,9 @@ impl SuppressParams {
 
 /// A SuppressEOT run, advanced one scheduler step at a time (like [`crate::pipeline::Txt2Img`];
 /// `step` is async because ITO steps read pass A's maps back for the masks).
+///
+/// Load the model on a plain device (as the CLI and the browser do) or mark it `no_grad`: ITO
+/// differentiates with respect to the embedding only, on `device.autodiff()`.
 pub struct SuppressTxt2Img {
     scheduler: Box<dyn Scheduler>,
     /// `[2N, C, h, w]`: original x N, suppressed x N.
