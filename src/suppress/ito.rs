@@ -72,15 +72,18 @@ impl LossWeights {
     }
 }
 
-/// `1 - cos` of matching columns: `[batch, h, w, k]` x2 -> `[batch, k]`.
+/// `1 - cos` of matching columns: `[batch, h, w, k]` x2 -> `[batch, k]`, computed as
+/// `|a/|a| - b/|b||^2 / 2` (the same value for non-zero columns, without the cancellation of
+/// `1 - cos` in f32 when the maps are close; the reference computes in f64).
 fn one_minus_cos(a: Tensor<4>, b: Tensor<4>) -> Tensor<2> {
     let [n, h, w, k] = a.dims();
-    let (a, b) = (a.reshape([n, h * w, k]), b.reshape([n, h * w, k]));
-    let dot = (a.clone() * b.clone()).sum_dim(1);
-    let na = (a.clone() * a).sum_dim(1).sqrt().clamp_min(COSINE_EPS);
-    let nb = (b.clone() * b).sum_dim(1).sqrt().clamp_min(COSINE_EPS);
-    let cos = dot / (na * nb);
-    (cos.neg() + 1.0).reshape([n, k])
+    let unit = |x: Tensor<4>| {
+        let x = x.reshape([n, h * w, k]);
+        let norm = (x.clone() * x.clone()).sum_dim(1).sqrt().clamp_min(COSINE_EPS);
+        x / norm
+    };
+    let d = unit(a) - unit(b);
+    ((d.clone() * d).sum_dim(1) * 0.5).reshape([n, k])
 }
 
 /// The ITO loss of one pass B.
