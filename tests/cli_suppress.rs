@@ -234,3 +234,82 @@ fn bench_generate_suppress_reports_the_cost_ratio() {
     let swr_only = out["cost_ratio_swr_only"].as_f64().unwrap();
     assert!(ratio.is_finite() && swr_only > 1.0 && ratio > swr_only, "{out}");
 }
+
+/// Writes random weights for `specs` (matrices ~ 1/sqrt(fan_in), norm scales ~ 1, small biases).
+fn write_random(path: &Path, specs: &[pseudoword::weights::ParamSpec], rng: &mut Rng) {
+    let blobs: Vec<Blob> = specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let v: Vec<f32> = if s.shape.len() >= 2 {
+                let fan_in: usize = s.shape[1..].iter().product();
+                rng.vec(n, 1.7 / (fan_in as f32).sqrt())
+            } else if s.key.ends_with("norm.weight") || s.key.contains("norm") && s.key.ends_with(".weight") {
+                rng.vec(n, 0.1).into_iter().map(|x| x + 1.0).collect()
+            } else {
+                rng.vec(n, 0.05)
+            };
+            f32_blob(&s.key, &s.shape, &v)
+        })
+        .collect();
+    write_safetensors(path, &blobs, None);
+}
+
+/// Completes the SD2-style folder with a UNet (linear projections, per-block head counts, width
+/// 48 cross-attention), a VAE and an SD2-like scheduler config (DDIM, v_prediction).
+fn sd2_style_full_folder(root: &Path) {
+    sd2_style_folder(root);
+    let mut rng = Rng(0x5d2_0002);
+    let unet = serde_json::json!({
+        "_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
+        "block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": [2, 4],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 48, "norm_num_groups": 8, "use_linear_projection": true, "upcast_attention": true,
+        "flip_sin_to_cos": true, "freq_shift": 0
+    });
+    std::fs::create_dir_all(root.join("unet")).unwrap();
+    std::fs::write(root.join("unet/config.json"), unet.to_string()).unwrap();
+    let c = pseudoword::models::UNet2DConditionConfig::from_json(&unet.to_string(), "unet/config.json").unwrap();
+    write_random(&root.join("unet/diffusion_pytorch_model.safetensors"), &pseudoword::models::UNet2DConditionModel::param_specs(&c), &mut rng);
+    let vae = serde_json::json!({
+        "_class_name": "AutoencoderKL", "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "latent_channels": 4,
+        "norm_num_groups": 4, "in_channels": 3, "out_channels": 3, "scaling_factor": 0.18215, "sample_size": 64,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+    });
+    std::fs::create_dir_all(root.join("vae")).unwrap();
+    std::fs::write(root.join("vae/config.json"), vae.to_string()).unwrap();
+    let c = pseudoword::models::AutoencoderKLConfig::from_json(&vae.to_string(), "vae/config.json").unwrap();
+    write_random(&root.join("vae/diffusion_pytorch_model.safetensors"), &pseudoword::models::AutoencoderKL::param_specs(&c), &mut rng);
+    std::fs::create_dir_all(root.join("scheduler")).unwrap();
+    let sched = serde_json::json!({
+        "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": false,
+        "steps_offset": 1, "skip_prk_steps": true
+    });
+    std::fs::write(root.join("scheduler/scheduler_config.json"), sched.to_string()).unwrap();
+}
+
+#[test]
+fn generate_suppress_on_an_sd2_style_folder() {
+    // v_prediction DDIM, linear projections, 2 / 4 heads, `!` padding, width-48 text encoder
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sd2");
+    sd2_style_full_folder(&root);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let common = ["generate", "--model", root.to_str().unwrap(), "--prompt", "a photo of a cat!! wearing a hat", "--seed", "5", "--steps", "5", "--device", "cpu"];
+    let mut args = common.to_vec();
+    let (png, t) = (path("hat.png"), path("hat.safetensors"));
+    args.extend_from_slice(&["--suppress", "hat", "--suppress-opt-iters", "2", "--negative-prompt", "blurry", "--out", &png, "--out-tensor", &t]);
+    let out = json(&pw(&args));
+    assert_eq!(out["suppress"]["target_positions"], serde_json::json!([10]));
+    assert!(Path::new(&path("hat-original.png")).is_file());
+    let suppressed = read_golden(Path::new(&t)).get("image").f.clone();
+    assert_eq!(suppressed.len(), 64 * 64 * 3);
+    assert!(suppressed.iter().all(|v| (0.0..=1.0).contains(v)));
+    let mut args = common.to_vec();
+    let (png2, t2) = (path("plain.png"), path("plain.safetensors"));
+    args.extend_from_slice(&["--negative-prompt", "blurry", "--out", &png2, "--out-tensor", &t2]);
+    json(&pw(&args));
+    assert!(max_abs_diff(&read_golden(Path::new(&t2)).get("image").f, &suppressed) > 1e-4, "suppression changed nothing");
+}
