@@ -59,7 +59,7 @@ pub fn bench_suppress(
     device_name: &str,
     query_chunk: Option<usize>,
 ) -> Result<SuppressBenchReport, Error> {
-    if size % 8 != 0 || size == 0 {
+    if !size.is_multiple_of(8) || size == 0 {
         return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
     }
     let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));

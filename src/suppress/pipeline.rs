@@ -105,7 +105,7 @@ impl SuppressTxt2Img {
     pub async fn new(sd: &StableDiffusion, p: &GenerateParams, s: &SuppressParams, latents: Option<Tensor<4>>) -> Result<Self, Error> {
         s.check()?;
         let f = sd.vae_scale_factor();
-        if p.width == 0 || p.height == 0 || p.width % f != 0 || p.height % f != 0 {
+        if p.width == 0 || p.height == 0 || !p.width.is_multiple_of(f) || !p.height.is_multiple_of(f) {
             return Err(Error::Input(format!("width and height must be positive multiples of {f}, got {}x{}", p.width, p.height)));
         }
         if p.steps == 0 {
