@@ -2,7 +2,8 @@
 //! real architectures with random weights. Times a plain CFG step (batch 2), a suppressed step
 //! without ITO (batch 4: both branches, uncond + cond), and an ITO step (pass A, masks,
 //! `opt_iters` x pass B forward + backward stopped after the last map layer, then the batch-4
-//! step), and extrapolates to a whole run with the default schedule.
+//! step), and extrapolates to a whole run with the default schedule (steps before SWR starts
+//! cost a plain step: both branches are still identical there).
 
 use std::time::Instant;
 
@@ -130,10 +131,12 @@ pub fn bench_suppress(
     }
     let defaults = SuppressParams::new("");
     let run_ito_steps = defaults.ito_steps(run_steps).len();
+    // steps before SWR starts run one branch (a plain step)
+    let shared = defaults.swr_start(run_steps);
     let (plain, swr_step, ito_step) = (mean(&plain_step_seconds), mean(&swr_step_seconds), mean(&ito_step_seconds));
     let plain_run = run_steps as f64 * plain;
-    let cost_ratio = ((run_steps - run_ito_steps) as f64 * swr_step + run_ito_steps as f64 * ito_step) / plain_run;
-    let cost_ratio_swr_only = run_steps as f64 * swr_step / plain_run;
+    let cost_ratio = (shared as f64 * plain + (run_steps - shared - run_ito_steps) as f64 * swr_step + run_ito_steps as f64 * ito_step) / plain_run;
+    let cost_ratio_swr_only = (shared as f64 * plain + (run_steps - shared) as f64 * swr_step) / plain_run;
     Ok(SuppressBenchReport {
         arch: format!("{arch:?}"),
         size,

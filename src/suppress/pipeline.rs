@@ -7,7 +7,8 @@
 //! with the negative prompt for both branches; uncond and cond of both branches are ONE batched
 //! UNet call per step (the reference ran them separately). Any [`Scheduler`] works; ancestral
 //! schedulers get the same noise in both branches, so the original branch is exactly what
-//! [`crate::pipeline::Txt2Img`] produces for the same seed.
+//! [`crate::pipeline::Txt2Img`] produces for the same seed. Before SWR starts the branches are
+//! identical, so those steps run the UNet for one branch only.
 
 use burn::tensor::Tensor;
 
@@ -231,10 +232,14 @@ impl SuppressTxt2Img {
             self.swr.clone()
         };
         self.last_embedding = e.clone();
-        let cond = Tensor::cat(vec![self.cond.clone(), e], 0);
+        // Before SWR starts both branches have the same latents and embedding: one branch's
+        // prediction serves both.
+        let shared = i < self.params.swr_start(total);
+        let (input, cond) = if shared { (input.narrow(0, 0, n), self.cond.clone()) } else { (input, Tensor::cat(vec![self.cond.clone(), e], 0)) };
         let eps = match &self.uncond {
             Some(u) => {
-                let ctx = Tensor::cat(vec![u.clone(), u.clone(), cond], 0);
+                let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
+                let ctx = Tensor::cat(vec![uncond, cond], 0);
                 let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut UNetCapture::none());
                 let mut halves = eps.chunk(2, 0).into_iter();
                 let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
@@ -242,6 +247,7 @@ impl SuppressTxt2Img {
             }
             None => sd.unet.forward(input, &[t], cond, &mut UNetCapture::none()),
         };
+        let eps = if shared { Tensor::cat(vec![eps.clone(), eps], 0) } else { eps };
         let noise = self.scheduler.needs_noise().then(|| {
             let [_, c, h, w] = self.latents.dims();
             let z = self.rng.randn([n, c, h, w], &sd.device());
