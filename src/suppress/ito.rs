@@ -98,7 +98,9 @@ pub struct ItoLoss {
 /// What ITO compares against at one denoising step: the original branch's maps (pass A), the
 /// masks and the loss weights.
 pub struct ItoTarget {
+    /// The layers both passes aggregate.
     pub layers: MapLayers,
+    /// Where the negative target is in the prompt.
     pub tokens: SuppressTokens,
     /// Pass A maps (constants).
     pub original: AttentionMaps,

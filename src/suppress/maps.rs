@@ -126,7 +126,9 @@ pub fn aggregate_maps(probs: &HashMap<String, Tensor<4>>, paths: &[String], size
 /// Cross (`[batch, h, w, 77]`) and self (`[batch, h, w, h*w]`) maps of one pass.
 #[derive(Clone, Debug)]
 pub struct AttentionMaps {
+    /// `[batch, h, w, 77]`: per-token cross-attention maps.
     pub cross: Tensor<4>,
+    /// `[batch, h, w, h*w]`: column `j` is the attention of every query pixel to key pixel `j`.
     pub self_attn: Tensor<4>,
 }
 

@@ -42,6 +42,7 @@ pub struct SuppressParams {
 }
 
 impl SuppressParams {
+    /// The reference's defaults for suppressing `words`.
     pub fn new(words: impl Into<String>) -> Self {
         Self { words: words.into(), alpha: 1.0, start: 0.2, opt_end: 0.4, opt_iters: 10, opt_scale: 20.0, optimize: true }
     }
@@ -165,10 +166,12 @@ impl SuppressTxt2Img {
         self.scheduler.timesteps().len()
     }
 
+    /// Steps done so far.
     pub fn steps_done(&self) -> usize {
         self.step
     }
 
+    /// True after the last step.
     pub fn is_done(&self) -> bool {
         self.step >= self.num_steps()
     }
@@ -204,6 +207,7 @@ impl SuppressTxt2Img {
         &self.last_losses
     }
 
+    /// The scheduler driving both branches.
     pub fn scheduler(&self) -> &dyn Scheduler {
         self.scheduler.as_ref()
     }
