@@ -11,6 +11,7 @@ pub mod loader;
 pub mod models;
 pub mod pipeline;
 pub mod schedulers;
+pub mod suppress;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -37,7 +37,7 @@ fn weights_are_read_tensor_by_tensor_in_file_order() {
     source.reads.borrow_mut().clear();
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let mut seen = 0;
-    pollster::block_on(load_text_encoder(&config, "config.json", &source, &Device::flex(), &mut |done, total, _| {
+    pollster::block_on(load_text_encoder(&config, "config.json", &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |done, total, _| {
         seen = done;
         assert!(done <= total);
     }))

@@ -29,7 +29,7 @@ fn load_unet_dir(dir: &Path, variant: Option<&str>) -> UNet2DConditionModel {
     let config_path = dir.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let source = FileSource::open(&find_weights_file(dir, variant).unwrap()).unwrap();
-    pollster::block_on(load_unet(&config, &config_path.display().to_string(), &source, &Device::flex(), &mut |_, _, _| {})).unwrap()
+    pollster::block_on(load_unet(&config, &config_path.display().to_string(), &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |_, _, _| {})).unwrap()
 }
 
 fn golden() -> GoldenFile {

@@ -2,6 +2,9 @@
 //! downloaded here): SD 1.5, SD 2.1 (768-v) and BK-SDM-Tiny UNets + the SD VAE, timed per UNet
 //! step (classifier-free-guidance batch of 2) and per VAE decode, with peak memory.
 //! Native only (wall-clock timing); the browser has its own timing in the worker.
+//! [`suppress`]: the same for SuppressEOT (cost ratio to plain generation).
+
+pub mod suppress;
 
 use std::time::Instant;
 

@@ -1,6 +1,7 @@
 //! `pseudoword bench generate`: real architectures with random weights, timings and memory.
 
 use clap::{Args, Subcommand};
+use pseudoword::bench::suppress::bench_suppress;
 use pseudoword::bench::{Arch, bench_generate, bench_train};
 use pseudoword::error::Error;
 use pseudoword::weights::WeightStorage;
@@ -36,6 +37,16 @@ pub struct BenchGenerate {
     /// train: keep every UNet activation instead of re-running modules during backward.
     #[arg(long)]
     no_checkpointing: bool,
+    /// Time SuppressEOT instead (plain, SWR-only and ITO steps, `--steps` of each) and report
+    /// the cost ratio of a suppressed run to a plain one.
+    #[arg(long)]
+    suppress: bool,
+    /// ITO iterations per step (with --suppress).
+    #[arg(long, default_value_t = 10, requires = "suppress")]
+    suppress_opt_iters: usize,
+    /// Length of the run the cost ratio is for (with --suppress).
+    #[arg(long, default_value_t = 50, requires = "suppress")]
+    run_steps: usize,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
@@ -67,6 +78,15 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
         BenchCommand::Generate(a) => {
             let (device, name) = select_device(a.device)?;
             let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
+            if a.suppress {
+                let r = bench_suppress(a.arch, a.size, a.steps, a.run_steps, a.suppress_opt_iters, &device, name, chunk, a.dtype)?;
+                eprintln!(
+                    "{:?} {}x{} on {}: SuppressEOT costs {:.2}x plain generation over {} steps ({} with ITO x {} iterations; {:.2}x with SWR only)",
+                    a.arch, a.size, a.size, name, r.cost_ratio, r.run_steps, r.run_ito_steps, r.opt_iters, r.cost_ratio_swr_only
+                );
+                println!("{}", serde_json::to_string(&r).expect("report serializes"));
+                return Ok(());
+            }
             let report = bench_generate(a.arch, a.size, a.steps, &device, name, chunk, a.dtype)?;
             let steps = &report.unet_step_seconds;
             let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;

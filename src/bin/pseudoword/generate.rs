@@ -7,7 +7,8 @@ use clap::Args;
 use pseudoword::error::Error;
 use pseudoword::native::{read_f32_tensor, select_device};
 use pseudoword::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
-use pseudoword::pipeline::{GenerateParams, generate};
+use pseudoword::pipeline::{GenerateParams, Generated, generate};
+use pseudoword::suppress::pipeline::generate_suppressed;
 use pseudoword::schedulers::{PredictionType, SchedulerKind, TimestepSpacing};
 use safetensors::Dtype;
 
@@ -58,6 +59,8 @@ pub struct GenerateArgs {
     /// Also write `image` F32 [N,H,W,3] in [0,1] and `latents` (final) to this safetensors file.
     #[arg(long)]
     pub out_tensor: Option<PathBuf>,
+    #[command(flatten)]
+    pub suppress: crate::suppress::GenerateSuppress,
 }
 
 fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
@@ -97,11 +100,21 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
     };
     let t0 = std::time::Instant::now();
     let mut last = std::time::Instant::now();
-    let out = generate(&sd, &p, latents, &mut |done, total, _| {
+    let mut on_step = |done: usize, total: usize| {
         eprintln!("step {done}/{total} ({:.2} s)", last.elapsed().as_secs_f64());
         last = std::time::Instant::now();
         true
-    })?;
+    };
+    let suppress = a.suppress.params();
+    let (out, original) = match &suppress {
+        None => (generate(&sd, &p, latents, &mut |d, t, _| on_step(d, t))?, None),
+        Some(s) => {
+            let r = pollster::block_on(generate_suppressed(&sd, &p, s, latents, &mut on_step))?;
+            let n = p.num_images;
+            let suppressed = r.latents.clone().narrow(0, n, n);
+            (Generated { image: r.image, latents: suppressed, num_steps: r.num_steps }, Some((r.original_image, r.tokens)))
+        }
+    };
     let [n, h, w, c] = out.image.dims();
     let image = read_f32(out.image)?;
     let kind = p.scheduler.unwrap_or(sd.default_scheduler);
@@ -115,16 +128,29 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
         width: w,
         height: h,
         model: sd.name.clone(),
-        extra: vec![],
+        extra: suppress.as_ref().map(crate::suppress::GenerateSuppress::png_extra).unwrap_or_default(),
     };
-    let mut written = vec![];
-    for i in 0..n {
-        let path = numbered(&a.out, i, n);
-        let rgb = to_rgb8(&image[i * h * w * c..(i + 1) * h * w * c]);
-        let file = std::fs::File::create(&path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-        encode_png(&rgb, w, h, &params.to_text(), std::io::BufWriter::new(file))
-            .map_err(|e| Error::Input(format!("cannot encode {}: {e}", path.display())))?;
-        written.push(path.display().to_string());
+    let write_pngs = |image: &[f32], base: &Path, params: &A1111Parameters| -> Result<Vec<String>, Error> {
+        let mut written = vec![];
+        for i in 0..n {
+            let path = numbered(base, i, n);
+            let rgb = to_rgb8(&image[i * h * w * c..(i + 1) * h * w * c]);
+            let file = std::fs::File::create(&path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
+            encode_png(&rgb, w, h, &params.to_text(), std::io::BufWriter::new(file))
+                .map_err(|e| Error::Input(format!("cannot encode {}: {e}", path.display())))?;
+            written.push(path.display().to_string());
+        }
+        Ok(written)
+    };
+    let written = write_pngs(&image, &a.out, &params)?;
+    let mut original_json = None;
+    if let Some((original, tokens)) = original {
+        let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+        let base = a.out.with_file_name(format!("{stem}-original.{ext}"));
+        let plain = A1111Parameters { extra: vec![], ..params.clone() };
+        let files = write_pngs(&read_f32(original)?, &base, &plain)?;
+        original_json = Some(serde_json::json!({ "original": files, "target_positions": tokens.target }));
     }
     if let Some(t) = &a.out_tensor {
         let ld = out.latents.dims();
@@ -137,7 +163,7 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
             ],
         )?;
     }
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "out": written,
         "seed": p.seed,
         "scheduler": a1111_sampler(kind),
@@ -146,6 +172,9 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
         "device": device_name,
         "seconds": t0.elapsed().as_secs_f64(),
     });
+    if let Some(o) = original_json {
+        json["suppress"] = o;
+    }
     println!("{json}");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod bench;
 mod convert;
 mod generate;
 mod train;
+mod suppress;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, parse_embedding_arg, read_embedding_file, select_device};
 use pseudoword::pipeline::{PromptEncoder, Tokenized};
@@ -77,6 +78,8 @@ enum Command {
         /// Also write `hidden_states` F32 [layers+1, 1, 77, D] (embedding output + every layer).
         #[arg(long)]
         all_hidden_states: bool,
+        #[command(flatten)]
+        suppress: suppress::EncodeSuppress,
     },
 }
 
@@ -98,8 +101,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Train(args) => train::run(*args),
         Command::Bench { what } => bench::run(what),
         Command::ConvertEmbedding(args) => convert::run(args),
-        Command::Encode { common, prompt, out, variant, all_hidden_states } => {
-            encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states)
+        Command::Encode { common, prompt, out, variant, all_hidden_states, suppress } => {
+            encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states, &suppress)
         }
     }
 }
@@ -153,12 +156,12 @@ pub(crate) fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Error> 
         .map_err(|e| pseudoword::error::DeviceError::Readback { reason: format!("{e:?}") }.into())
 }
 
-fn encode(common: &Common, prompt: &str, out: &Path, variant: Option<&str>, all_hidden: bool) -> Result<(), Error> {
+fn encode(common: &Common, prompt: &str, out: &Path, variant: Option<&str>, all_hidden: bool, sup: &suppress::EncodeSuppress) -> Result<(), Error> {
     let (device, device_name) = select_device(common.device)?;
     let enc = load_with_embeddings(common, variant, &device)?;
     let (toks, output) = enc.encode(&[prompt], all_hidden)?;
     let [b, s, d] = output.last_hidden_state.dims();
-    let last = read_f32(output.last_hidden_state)?;
+    let last = read_f32(output.last_hidden_state.clone())?;
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
         ("last_hidden_state".into(), Dtype::F32, vec![b, s, d], f32_bytes(&last)),
         (
@@ -173,14 +176,18 @@ fn encode(common: &Common, prompt: &str, out: &Path, variant: Option<&str>, all_
         let stacked = Tensor::stack::<4>(output.hidden_states, 0).reshape([n * b, s, d]);
         blobs.push(("hidden_states".into(), Dtype::F32, vec![n, b, s, d], f32_bytes(&read_f32(stacked)?)));
     }
+    let suppressed = suppress::encode_outputs(&enc, &toks[0], output.last_hidden_state, sup, &mut blobs)?;
     write_safetensors(out, &blobs)?;
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "out": out.display().to_string(),
         "shape": [b, s, d],
         "device": device_name,
         "input_ids": toks[0].input_ids,
         "truncated": toks[0].truncated,
     });
+    if let Some(s) = suppressed {
+        json["suppress"] = s;
+    }
     println!("{json}");
     Ok(())
 }

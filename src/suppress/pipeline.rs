@@ -1,0 +1,301 @@
+//! Two-branch SuppressEOT generation (the reference's `text2image_ldm_stable` loop for generated
+//! images): batch `[original x N, suppressed x N]` from the same start noise. Before step
+//! `floor(start * S)` both branches use the prompt embedding `c`; from then on the suppressed
+//! branch uses `e = SWR(c)` (recomputed from `c` each step), and for steps in
+//! `[floor(start * S), floor(opt_end * S))` `e` is first optimised by ITO (`opt_iters`
+//! iterations of step `opt_scale * sqrt(linspace(1, 0.1, S)[i])`). Classifier-free guidance
+//! with the negative prompt for both branches; uncond and cond of both branches are ONE batched
+//! UNet call per step (the reference ran them separately). Any [`Scheduler`] works; ancestral
+//! schedulers get the same noise in both branches, so the original branch is exactly what
+//! [`crate::pipeline::Txt2Img`] produces for the same seed. Before SWR starts the branches are
+//! identical, so those steps run the UNet for one branch only.
+
+use burn::tensor::Tensor;
+
+use super::ito::{ItoTarget, ito_step_scale};
+use super::maps::MapLayers;
+use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
+use super::SuppressError;
+use crate::error::Error;
+use crate::models::UNetCapture;
+use crate::pipeline::rng::NoiseRng;
+use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
+use crate::schedulers::{Scheduler, create};
+
+/// SuppressEOT settings; defaults are the reference's for generated images.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuppressParams {
+    /// Words of the prompt to suppress; comma-separated groups (see [`locate_words`]).
+    pub words: String,
+    /// SWR strength `alpha` in `s * exp(-alpha * s)` (1.0).
+    pub alpha: f64,
+    /// Fraction of the steps before SWR starts (`cross_retain_steps`, 0.2).
+    pub start: f64,
+    /// Fraction of the steps where ITO ends (`max_step_to_erase / steps`, 0.4).
+    pub opt_end: f64,
+    /// ITO iterations per step (`iter_each_step`, 10).
+    pub opt_iters: usize,
+    /// ITO step scale (20 for generated images).
+    pub opt_scale: f64,
+    /// Run ITO (false: SWR only).
+    pub optimize: bool,
+}
+
+impl SuppressParams {
+    /// The reference's defaults for suppressing `words`.
+    pub fn new(words: impl Into<String>) -> Self {
+        Self { words: words.into(), alpha: 1.0, start: 0.2, opt_end: 0.4, opt_iters: 10, opt_scale: 20.0, optimize: true }
+    }
+
+    fn check(&self) -> Result<(), SuppressError> {
+        let bad = |m: String| Err(SuppressError::InvalidParams(m));
+        if !self.alpha.is_finite() || self.alpha < 0.0 {
+            return bad(format!("--suppress-alpha must be a finite number >= 0 (got {})", self.alpha));
+        }
+        if !(0.0..=1.0).contains(&self.start) || !(0.0..=1.0).contains(&self.opt_end) {
+            return bad(format!("--suppress-start ({}) and --suppress-opt-end ({}) are fractions of the steps in [0, 1]", self.start, self.opt_end));
+        }
+        if !self.opt_scale.is_finite() {
+            return bad(format!("--suppress-opt-scale must be finite (got {})", self.opt_scale));
+        }
+        Ok(())
+    }
+
+    /// First step (of `num_steps`) that uses SWR: `floor(start * num_steps)`.
+    pub fn swr_start(&self, num_steps: usize) -> usize {
+        (self.start * num_steps as f64 + 1e-9).floor() as usize
+    }
+
+    /// Steps that run ITO: `[floor(start * S), floor(opt_end * S))` (empty when off).
+    pub fn ito_steps(&self, num_steps: usize) -> std::ops::Range<usize> {
+        let end = if self.optimize { (self.opt_end * num_steps as f64 + 1e-9).floor() as usize } else { 0 };
+        let start = self.swr_start(num_steps);
+        start..end.max(start)
+    }
+}
+
+/// A SuppressEOT run, advanced one scheduler step at a time (like [`crate::pipeline::Txt2Img`];
+/// `step` is async because ITO steps read pass A's maps back for the masks).
+///
+/// Load the model on a plain device (as the CLI and the browser do) or mark it `no_grad`: ITO
+/// differentiates with respect to the embedding only, on `device.autodiff()`.
+pub struct SuppressTxt2Img {
+    scheduler: Box<dyn Scheduler>,
+    /// `[2N, C, h, w]`: original x N, suppressed x N.
+    latents: Tensor<4>,
+    /// `[N, 77, D]` negative-prompt embedding (CFG only).
+    uncond: Option<Tensor<3>>,
+    /// `[N, 77, D]` prompt embedding `c`.
+    cond: Tensor<3>,
+    /// `[N, 77, D]` `SWR(c)`.
+    swr: Tensor<3>,
+    tokens: SuppressTokens,
+    layers: MapLayers,
+    params: SuppressParams,
+    guidance: f64,
+    num_images: usize,
+    step: usize,
+    rng: NoiseRng,
+    last_embedding: Tensor<3>,
+    last_losses: Vec<Tensor<1>>,
+}
+
+impl SuppressTxt2Img {
+    /// Prepares a run: encodes prompt and negative prompt, locates the words to suppress
+    /// (typed error when absent), computes `SWR(c)`, draws (or takes) the start noise.
+    /// `latents`: `[N, C, H/8, W/8]` before `init_noise_sigma` scaling, used for both branches.
+    pub async fn new(sd: &StableDiffusion, p: &GenerateParams, s: &SuppressParams, latents: Option<Tensor<4>>) -> Result<Self, Error> {
+        s.check()?;
+        let f = sd.vae_scale_factor();
+        if p.width == 0 || p.height == 0 || !p.width.is_multiple_of(f) || !p.height.is_multiple_of(f) {
+            return Err(Error::Input(format!("width and height must be positive multiples of {f}, got {}x{}", p.width, p.height)));
+        }
+        if p.steps == 0 {
+            return Err(Error::Input("--steps must be at least 1".into()));
+        }
+        let n = p.num_images;
+        if n == 0 {
+            return Err(Error::Input("the number of images must be at least 1".into()));
+        }
+        let kind = p.scheduler.unwrap_or(sd.default_scheduler);
+        let mut scheduler = create(kind, &sd.scheduler_config, &p.overrides)?;
+        scheduler.set_timesteps(p.steps)?;
+
+        let do_cfg = p.do_cfg();
+        let (toks, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false)?;
+        let tokens = locate_words(&sd.prompt.tokenizer, &toks[1], &s.words)?;
+        let [_, seq, d] = out.last_hidden_state.dims();
+        let uncond = do_cfg.then(|| out.last_hidden_state.clone().slice([0..1, 0..seq, 0..d]).repeat_dim(0, n));
+        let c1 = out.last_hidden_state.slice([1..2, 0..seq, 0..d]);
+        let swr = soft_weighted_regularization(c1.clone(), &tokens, s.alpha).await?.repeat_dim(0, n);
+        let cond = c1.repeat_dim(0, n);
+
+        let device = sd.device();
+        let shape = [n, sd.latent_channels(), p.height / f, p.width / f];
+        let layers = MapLayers::for_unet(&sd.unet, [shape[2], shape[3]])
+            .ok_or_else(|| Error::Input("this UNet has no cross-attention in its down/up blocks: SuppressEOT cannot run on it".into()))?;
+        let mut rng = NoiseRng::new(p.seed);
+        let latents = match latents {
+            Some(l) if l.dims() != shape => {
+                return Err(Error::Input(format!("latents have shape {:?} but this run needs {:?}", l.dims(), shape)));
+            }
+            Some(l) => l,
+            None => rng.randn(shape, &device),
+        };
+        let latents = Tensor::cat(vec![latents.clone(), latents], 0) * scheduler.init_noise_sigma();
+        Ok(Self {
+            scheduler,
+            latents,
+            uncond,
+            last_embedding: cond.clone(),
+            cond,
+            swr,
+            tokens,
+            layers,
+            params: s.clone(),
+            guidance: p.guidance,
+            num_images: n,
+            step: 0,
+            rng,
+            last_losses: Vec::new(),
+        })
+    }
+
+    /// Number of scheduler steps (PNDM may have one more than requested).
+    pub fn num_steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// True after the last step.
+    pub fn is_done(&self) -> bool {
+        self.step >= self.num_steps()
+    }
+
+    /// Current latents `[2N, C, h, w]` (original x N, then suppressed x N).
+    pub fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
+    }
+
+    /// Where the suppressed words are in the prompt.
+    pub fn tokens(&self) -> &SuppressTokens {
+        &self.tokens
+    }
+
+    /// The attention layers and map size ITO uses.
+    pub fn layers(&self) -> &MapLayers {
+        &self.layers
+    }
+
+    /// `[N, 77, D]`: `SWR(c)`.
+    pub fn swr_embedding(&self) -> Tensor<3> {
+        self.swr.clone()
+    }
+
+    /// `[N, 77, D]`: the suppressed branch's embedding used at the last step (after ITO there).
+    pub fn last_embedding(&self) -> Tensor<3> {
+        self.last_embedding.clone()
+    }
+
+    /// ITO losses (`[1]` device tensors, before each update) of the last step; empty when the
+    /// last step ran no ITO.
+    pub fn last_losses(&self) -> &[Tensor<1>] {
+        &self.last_losses
+    }
+
+    /// The scheduler driving both branches.
+    pub fn scheduler(&self) -> &dyn Scheduler {
+        self.scheduler.as_ref()
+    }
+
+    /// Runs one step: the suppressed branch's embedding (c, SWR(c), or ITO from SWR(c)), then one
+    /// batched UNet call for both branches (and CFG), guidance, scheduler step.
+    pub async fn step(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
+        if self.is_done() {
+            return Err(Error::Input("the run is already finished".into()));
+        }
+        let (i, total, n) = (self.step, self.num_steps(), self.num_images);
+        let t = self.scheduler.timesteps()[i];
+        let input = self.scheduler.scale_model_input(self.latents.clone(), i);
+        self.last_losses.clear();
+        let e = if i < self.params.swr_start(total) {
+            self.cond.clone()
+        } else if self.params.ito_steps(total).contains(&i) && self.params.opt_iters > 0 {
+            let x_orig = input.clone().narrow(0, 0, n);
+            let x_supp = input.clone().narrow(0, n, n);
+            let target = ItoTarget::new(&sd.unet, &self.layers, &self.tokens, x_orig, t, self.cond.clone()).await?;
+            let scale = ito_step_scale(self.params.opt_scale, i, total);
+            let (e, losses) = target.optimize(&sd.unet, x_supp, t, self.swr.clone(), scale, self.params.opt_iters);
+            self.last_losses = losses;
+            e
+        } else {
+            self.swr.clone()
+        };
+        self.last_embedding = e.clone();
+        // Before SWR starts both branches have the same latents and embedding: one branch's
+        // prediction serves both.
+        let shared = i < self.params.swr_start(total);
+        let (input, cond) = if shared { (input.narrow(0, 0, n), self.cond.clone()) } else { (input, Tensor::cat(vec![self.cond.clone(), e], 0)) };
+        let eps = match &self.uncond {
+            Some(u) => {
+                let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
+                let ctx = Tensor::cat(vec![uncond, cond], 0);
+                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut UNetCapture::none());
+                let mut halves = eps.chunk(2, 0).into_iter();
+                let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
+                uncond.clone() + (cond - uncond) * self.guidance
+            }
+            None => sd.unet.forward(input, &[t], cond, &mut UNetCapture::none()),
+        };
+        let eps = if shared { Tensor::cat(vec![eps.clone(), eps], 0) } else { eps };
+        let noise = self.scheduler.needs_noise().then(|| {
+            let [_, c, h, w] = self.latents.dims();
+            let z = self.rng.randn([n, c, h, w], &sd.device());
+            Tensor::cat(vec![z.clone(), z], 0)
+        });
+        self.latents = self.scheduler.step(eps, i, self.latents.clone(), noise).prev_sample;
+        self.step += 1;
+        Ok(())
+    }
+}
+
+/// Result of [`generate_suppressed`].
+pub struct SuppressGenerated {
+    /// `[N, H, W, 3]` in [0, 1]: the suppressed branch.
+    pub image: Tensor<4>,
+    /// `[N, H, W, 3]` in [0, 1]: the original branch (plain generation with the same seed).
+    pub original_image: Tensor<4>,
+    /// Final latents `[2N, C, h, w]` (original x N, suppressed x N).
+    pub latents: Tensor<4>,
+    pub num_steps: usize,
+    pub tokens: SuppressTokens,
+}
+
+/// Runs a whole suppressed generation. `on_step(done, total)` is called after each step;
+/// returning `false` cancels (`Err(Error::Cancelled)`).
+pub async fn generate_suppressed(
+    sd: &StableDiffusion,
+    p: &GenerateParams,
+    s: &SuppressParams,
+    latents: Option<Tensor<4>>,
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<SuppressGenerated, Error> {
+    let mut run = SuppressTxt2Img::new(sd, p, s, latents).await?;
+    let total = run.num_steps();
+    while !run.is_done() {
+        run.step(sd).await?;
+        if !on_step(run.steps_done(), total) {
+            return Err(Error::Cancelled);
+        }
+    }
+    let latents = run.latents();
+    let n = p.num_images;
+    let images = decode_latents(sd, latents.clone());
+    let original_image = images.clone().narrow(0, 0, n);
+    let image = images.narrow(0, n, n);
+    Ok(SuppressGenerated { image, original_image, latents, num_steps: total, tokens: run.tokens.clone() })
+}
