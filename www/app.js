@@ -605,6 +605,12 @@ function readGenerationForm() {
     width,
     height,
   };
+  const suppress = $("gen-suppress").value.trim();
+  if (suppress) {
+    const alpha = Number($("gen-suppress-alpha").value);
+    if (!Number.isFinite(alpha) || alpha < 0) throw new Error(`Suppression strength must be a number >= 0 (got ${JSON.stringify($("gen-suppress-alpha").value)}).`);
+    Object.assign(params, { suppress, suppress_alpha: alpha, suppress_opt_off: !$("gen-suppress-opt").checked });
+  }
   const seedText = $("gen-seed").value.trim();
   if (seedText !== "") {
     const seed = Number(seedText);
@@ -654,9 +660,19 @@ function drawImage(canvas, image, width, height) {
   ctx.putImageData(out, 0, 0);
 }
 
+let originalUrl = null;
+
 function showResult(result) {
   const { width, height, seed } = result;
   drawImage($("gen-canvas"), result.image, width, height);
+  $("gen-original-figure").hidden = !result.original_image;
+  if (result.original_image) {
+    drawImage($("gen-original-canvas"), result.original_image, width, height);
+    if (originalUrl) URL.revokeObjectURL(originalUrl);
+    originalUrl = URL.createObjectURL(new Blob([result.original_png], { type: "image/png" }));
+    $("gen-original-download").href = originalUrl;
+    $("gen-original-download").download = `pseudoword-${seed}-original.png`;
+  }
   const firstLine = String(result.parameters || "").split("\n")[0];
   $("gen-canvas").setAttribute("aria-label", `Generated image, ${width}×${height}: ${firstLine || "(empty prompt)"}`);
   $("gen-seed-used").textContent = `Seed: ${seed}`;
@@ -717,13 +733,15 @@ async function onGenerate(event) {
           seed: r.seed,
           scheduler: r.scheduler,
           millis: r.millis,
+          suppress: r.suppress || "",
+          original_image: r.original_image ? Array.from(r.original_image) : null,
         },
         seq: g.seq + 1,
       });
       $("gen-progress").max = Math.max(1, r.total_steps);
       $("gen-progress").value = r.total_steps;
       $("gen-status").textContent =
-        `Done: ${r.total_steps} steps, ${r.width}×${r.height}, seed ${r.seed}, in ${fmtDuration(r.elapsed_ms)}.`;
+        `Done: ${r.total_steps} steps, ${r.width}×${r.height}, seed ${r.seed}${r.suppress ? `, "${r.suppress}" suppressed` : ""}, in ${fmtDuration(r.elapsed_ms)}.`;
     }
     setState("loaded");
   } catch (err) {

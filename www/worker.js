@@ -6,7 +6,9 @@
 //     {id, command: "encode", prompt}
 //     {id, command: "tokenize", prompt}
 //     {id, command: "generate", params: {prompt, negative_prompt, scheduler, steps, guidance, seed?,
-//                                       width, height}, latents?: Float32Array [1,4,H/8,W/8]}
+//                                       width, height, suppress?, suppress_alpha?, suppress_start?,
+//                                       suppress_opt_end?, suppress_opt_iters?, suppress_opt_scale?,
+//                                       suppress_opt_off?}, latents?: Float32Array [1,4,H/8,W/8]}
 //     {id, command: "cancel"}          // handled at once, never queued (see below)
 //   worker -> main
 //     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file}
@@ -21,7 +23,8 @@
 //     {id, status: "progress", stage: "decode", done, total, elapsed_ms}  // VAE decode + PNG encode
 //     {id, status: "result", command: "generate", result: {image: Float32Array [H*W*3] NHWC in [0,1],
 //          png: Uint8Array, width, height, parameters, seed, scheduler, total_steps, millis,
-//          elapsed_ms}}                // image and png buffers are transferred
+//          elapsed_ms, suppress, original_image?, original_png?}}  // buffers are transferred;
+//                                      // with suppress: image = suppressed, original_* = same seed without
 //     {id, status: "cancelled", command: "generate", done, total}
 //     {id, status: "result", command: "cancel", result: {running: bool, queued: n}}
 //     {id, status: "error", command, message}
@@ -336,6 +339,14 @@ function generationParams(p) {
   };
   if (!SCHEDULERS.has(params.scheduler)) throw new Error(`Unknown scheduler ${JSON.stringify(params.scheduler)}`);
   if (p.seed !== undefined && p.seed !== null && p.seed !== "") params.seed = Number(p.seed);
+  // SuppressEOT (empty words: plain generation)
+  params.suppress = String(p.suppress ?? "").trim();
+  if (params.suppress) {
+    for (const k of ["suppress_alpha", "suppress_start", "suppress_opt_end", "suppress_opt_iters", "suppress_opt_scale"]) {
+      if (p[k] !== undefined && p[k] !== null && p[k] !== "") params[k] = Number(p[k]);
+    }
+    params.suppress_opt_off = !!p.suppress_opt_off;
+  }
   return params;
 }
 
@@ -355,7 +366,7 @@ async function generate(msg) {
   let latents;
   if (msg.latents != null) latents = msg.latents instanceof Float32Array ? msg.latents : Float32Array.from(msg.latents);
   const t0 = performance.now();
-  const started = plain(s.start_generation(params, latents)) || {};
+  const started = plain(await s.start_generation(params, latents)) || {};
   const total = Number(started.total_steps ?? params.steps);
   const meta = { seed: started.seed, width: started.width, height: started.height, scheduler: started.scheduler };
   const job = { id, cancel: false };
@@ -394,6 +405,8 @@ async function generate(msg) {
     // Own copies (the originals may view wasm memory), then transfer them.
     const image = Float32Array.from(f.image ?? []);
     const png = Uint8Array.from(f.png ?? []);
+    const originalImage = f.original_image ? Float32Array.from(f.original_image) : null;
+    const originalPng = f.original_png ? Uint8Array.from(f.original_png) : null;
     const result = {
       image,
       png,
@@ -405,8 +418,13 @@ async function generate(msg) {
       total_steps: total,
       millis: f.millis,
       elapsed_ms: performance.now() - t0,
+      suppress: started.suppress || "",
+      original_image: originalImage,
+      original_png: originalPng,
     };
-    postMessage({ id, status: "result", command: "generate", result }, [image.buffer, png.buffer]);
+    const transfer = [image.buffer, png.buffer];
+    if (originalImage) transfer.push(originalImage.buffer, originalPng.buffer);
+    postMessage({ id, status: "result", command: "generate", result }, transfer);
   } catch (err) {
     try {
       await maybeAwait(s.cancel_generation()); // leave the session ready for the next one

@@ -11,6 +11,7 @@ use super::{Session, js_err, set};
 use crate::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
 use crate::pipeline::{GenerateParams, Txt2Img, decode_latents};
 use crate::schedulers::{PredictionType, SchedulerKind, TimestepSpacing};
+use crate::suppress::{SuppressParams, SuppressTxt2Img};
 
 /// Parameters from JS (`{prompt, negative_prompt, scheduler, steps, guidance, seed, width,
 /// height, timestep_spacing, prediction_type}`); absent fields take the CLI's defaults.
@@ -27,20 +28,65 @@ struct JsParams {
     height: Option<usize>,
     timestep_spacing: Option<String>,
     prediction_type: Option<String>,
+    /// SuppressEOT: words of the prompt to suppress (empty: plain generation).
+    #[serde(default)]
+    suppress: String,
+    suppress_alpha: Option<f64>,
+    suppress_start: Option<f64>,
+    suppress_opt_end: Option<f64>,
+    suppress_opt_iters: Option<usize>,
+    suppress_opt_scale: Option<f64>,
+    #[serde(default)]
+    suppress_opt_off: bool,
+}
+
+enum Job {
+    Plain(Txt2Img),
+    Suppressed(Box<SuppressTxt2Img>),
+}
+
+impl Job {
+    fn num_steps(&self) -> usize {
+        match self {
+            Job::Plain(r) => r.num_steps(),
+            Job::Suppressed(r) => r.num_steps(),
+        }
+    }
+    fn steps_done(&self) -> usize {
+        match self {
+            Job::Plain(r) => r.steps_done(),
+            Job::Suppressed(r) => r.steps_done(),
+        }
+    }
+    fn is_done(&self) -> bool {
+        match self {
+            Job::Plain(r) => r.is_done(),
+            Job::Suppressed(r) => r.is_done(),
+        }
+    }
+    fn latents(&self) -> Tensor<4> {
+        match self {
+            Job::Plain(r) => r.latents(),
+            Job::Suppressed(r) => r.latents(),
+        }
+    }
 }
 
 pub(super) struct Running {
-    run: Txt2Img,
+    /// `None` while a step is in flight (no RefCell borrow lives across an await).
+    run: Option<Job>,
     params: GenerateParams,
     kind: SchedulerKind,
+    suppress: Option<SuppressParams>,
 }
 
 #[wasm_bindgen]
 impl Session {
     /// Starts a generation. `latents` (optional `Float32Array`, `[1,4,H/8,W/8]` row-major) are
     /// diffusers' initial noise before `init_noise_sigma`; without them the seed draws it.
-    /// Returns `{total_steps, seed, width, height, scheduler}`.
-    pub fn start_generation(&self, params: JsValue, latents: Option<Float32Array>) -> Result<JsValue, JsValue> {
+    /// With `suppress` words, a SuppressEOT run (original and suppressed branch from the same
+    /// noise). Returns `{total_steps, seed, width, height, scheduler, suppress}`.
+    pub async fn start_generation(&self, params: JsValue, latents: Option<Float32Array>) -> Result<JsValue, JsValue> {
         let sd = self.sd()?;
         let js: JsParams = serde_wasm_bindgen::from_value(params).map_err(js_err)?;
         let mut p = GenerateParams::new(js.prompt, &sd);
@@ -68,7 +114,20 @@ impl Session {
             }
             None => None,
         };
-        let run = Txt2Img::new(&sd, &p, latents).map_err(js_err)?;
+        let suppress = (!js.suppress.trim().is_empty()).then(|| {
+            let mut sp = SuppressParams::new(js.suppress.trim());
+            sp.alpha = js.suppress_alpha.unwrap_or(sp.alpha);
+            sp.start = js.suppress_start.unwrap_or(sp.start);
+            sp.opt_end = js.suppress_opt_end.unwrap_or(sp.opt_end);
+            sp.opt_iters = js.suppress_opt_iters.unwrap_or(sp.opt_iters);
+            sp.opt_scale = js.suppress_opt_scale.unwrap_or(sp.opt_scale);
+            sp.optimize = !js.suppress_opt_off;
+            sp
+        });
+        let run = match &suppress {
+            None => Job::Plain(Txt2Img::new(&sd, &p, latents).map_err(js_err)?),
+            Some(sp) => Job::Suppressed(Box::new(SuppressTxt2Img::new(&sd, &p, sp, latents).await.map_err(js_err)?)),
+        };
         let kind = p.scheduler.unwrap_or(sd.default_scheduler);
         let o = Object::new();
         set(&o, "total_steps", run.num_steps() as f64);
@@ -76,27 +135,45 @@ impl Session {
         set(&o, "width", p.width as f64);
         set(&o, "height", p.height as f64);
         set(&o, "scheduler", a1111_sampler(kind));
-        *self.running.borrow_mut() = Some(Running { run, params: p, kind });
+        set(&o, "suppress", suppress.as_ref().map(|s| s.words.clone()).unwrap_or_default());
+        drop(sd);
+        *self.running.borrow_mut() = Some(Running { run: Some(run), params: p, kind, suppress });
         Ok(o.into())
     }
 
     /// Runs one step and waits for the GPU to finish it. Returns `{done, total}`.
     pub async fn step_generation(&self) -> Result<JsValue, JsValue> {
-        let sd = self.sd()?;
-        let probe = {
+        let mut job = {
             let mut guard = self.running.borrow_mut();
             let r = guard.as_mut().ok_or_else(|| js_err("no generation is running"))?;
-            r.run.step(&sd).map_err(js_err)?;
-            r.run.latents().slice([0..1, 0..1, 0..1, 0..1])
+            r.run.take().ok_or_else(|| js_err("a step is already running"))?
         };
-        drop(sd); // no RefCell borrow across the await
+        let result = match &mut job {
+            Job::Plain(run) => {
+                let sd = self.sd()?;
+                run.step(&sd).map_err(js_err)
+            }
+            Job::Suppressed(run) => {
+                // the model stays borrowed during the step (ITO reads maps back): adding tokens
+                // meanwhile is refused with "busy"
+                let sd = self.sd()?;
+                run.step(&sd).await.map_err(js_err)
+            }
+        };
+        let probe = job.latents().slice([0..1, 0..1, 0..1, 0..1]);
+        let (done, total) = (job.steps_done(), job.num_steps());
+        if let Some(r) = self.running.borrow_mut().as_mut() {
+            r.run = Some(job);
+        }
+        result?;
         // a one-value readback: the step has really run when this resolves
         probe.into_data_async().await.map_err(|e| js_err(format!("GPU error during the step: {e:?}")))?;
-        let guard = self.running.borrow();
-        let r = guard.as_ref().ok_or_else(|| js_err("generation cancelled"))?;
+        if self.running.borrow().is_none() {
+            return Err(js_err("generation cancelled"));
+        }
         let o = Object::new();
-        set(&o, "done", r.run.steps_done() as f64);
-        set(&o, "total", r.run.num_steps() as f64);
+        set(&o, "done", done as f64);
+        set(&o, "total", total as f64);
         Ok(o.into())
     }
 
@@ -110,16 +187,30 @@ impl Session {
     pub async fn finish_generation(&self) -> Result<JsValue, JsValue> {
         let t0 = js_sys::Date::now();
         let sd = self.sd()?;
-        let Running { run, params, kind } = self.running.borrow_mut().take().ok_or_else(|| js_err("no generation is running"))?;
+        let Running { run, params, kind, suppress } = self.running.borrow_mut().take().ok_or_else(|| js_err("no generation is running"))?;
+        let run = run.ok_or_else(|| js_err("a step is still running"))?;
         if !run.is_done() {
             return Err(js_err("the generation has steps left"));
         }
-        let image = decode_latents(&sd, run.latents());
+        // suppressed runs: latents are [original, suppressed]; the result is the suppressed image
+        let images = decode_latents(&sd, run.latents());
+        let (image, original) = if suppress.is_some() {
+            (images.clone().narrow(0, 1, 1), Some(images.narrow(0, 0, 1)))
+        } else {
+            (images, None)
+        };
         let model_name = sd.name.clone();
         drop(sd); // no RefCell borrow across the await
         let [_, h, w, _] = image.dims();
         let data = image.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
         let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
+        let original = match original {
+            Some(t) => {
+                let d = t.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
+                Some(d.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?)
+            }
+            None => None,
+        };
         let text = A1111Parameters {
             prompt: params.prompt.clone(),
             negative_prompt: params.negative_prompt.clone(),
@@ -130,7 +221,10 @@ impl Session {
             width: w,
             height: h,
             model: model_name,
-            extra: vec![],
+            extra: suppress
+                .as_ref()
+                .map(|sp| vec![("SuppressEOT".to_string(), format!("\"{}\" alpha {} ITO {}", sp.words, sp.alpha, if sp.optimize { "on" } else { "off" }))])
+                .unwrap_or_default(),
         }
         .to_text();
         let mut png = Vec::new();
@@ -140,7 +234,13 @@ impl Session {
         set(&o, "width", w as f64);
         set(&o, "height", h as f64);
         set(&o, "png", Uint8Array::from(png.as_slice()));
-        set(&o, "parameters", text);
+        set(&o, "parameters", text.clone());
+        if let Some(orig) = original {
+            let mut png = Vec::new();
+            encode_png(&to_rgb8(&orig[..h * w * 3]), w, h, &text, &mut png).map_err(js_err)?;
+            set(&o, "original_image", Float32Array::from(&orig[..h * w * 3]));
+            set(&o, "original_png", Uint8Array::from(png.as_slice()));
+        }
         set(&o, "millis", js_sys::Date::now() - t0);
         Ok(o.into())
     }

@@ -50,9 +50,9 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix"]);
-const NEEDS_GENERATION = new Set(["vii", "viii", "ix"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x"]);
+const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x"]);
 // The native CLI (built by `cargo test`), for comparing browser training with a native run.
 const CLI = process.env.PSEUDOWORD_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, "target"), "debug/pseudoword");
 
@@ -234,6 +234,7 @@ async function startGeneration(page, opts) {
   await page.fill("#gen-width", String(opts.width));
   await page.fill("#gen-height", String(opts.height));
   await page.fill("#gen-seed", opts.seed === undefined ? "" : String(opts.seed));
+  await page.fill("#gen-suppress", opts.suppress ?? "");
   const n = await page.evaluate((l) => window.__pseudoword.setLatents(l), opts.latents ? Array.from(opts.latents) : null);
   if (opts.latents) assert.equal(n, opts.latents.length, "setLatents took all values");
   await page.click("#generate-button");
@@ -704,6 +705,41 @@ async function main() {
         await page.click("#train-use");
         await page.waitForFunction(() => /can now be used in prompts/.test(document.getElementById("train-status").textContent), null, { timeout: 30_000 });
         return `cancelled at step ${cancelledAt}, resumed to ${steps} in ${seconds.toFixed(0)} s; browser vs CLI: losses ${dLoss.toExponential(2)}, rows ${dRows.toExponential(2)}`;
+      });
+    }
+
+    if (cases.has("x")) {
+      await runCase("x", "suppressed generation (SuppressEOT with ITO) on WebGPU equals the CLI's", async () => {
+        needGeneration();
+        assert.ok(existsSync(CLI), `${CLI} missing: build the CLI (cargo build) or set PSEUDOWORD_BIN`);
+        const page = main.page;
+        await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        const opts = { prompt: "a man without glasses", suppress: "glasses", scheduler: "ddim", steps: 5, width: 64, height: 64, seed: 5 };
+        // a word that is not in the prompt: a clear message, the page stays usable
+        const bad = await startGeneration(page, { ...opts, suppress: "hat" });
+        const gBad = await waitGeneration(page, bad);
+        assert.equal(gBad.state, "error");
+        assert.match(gBad.error, /hat/, `message names the missing word: ${gBad.error}`);
+        const before = await startGeneration(page, opts);
+        const g = await waitGeneration(page, before);
+        assert.equal(g.state, "done", `suppressed generation failed: ${g.error}`);
+        const r = g.result;
+        assert.equal(r.suppress, "glasses");
+        assert.ok(r.original_image && r.original_image.length === 64 * 64 * 3, "original image returned");
+        assert.ok(await page.isVisible("#gen-original-canvas"), "original shown beside the suppressed image");
+        assert.match(r.parameters, /SuppressEOT: "glasses"/, "PNG parameters name the suppression");
+        await shot(page, "x-suppressed");
+        const dir = mkdtempSync(path.join(tmpdir(), "pseudoword-x-"));
+        const tensors = path.join(dir, "s.safetensors");
+        execFileSync(CLI, ["generate", "--device", "cpu", "--model", path.join(REPO, "tests/fixtures/tiny-sd1"), "--prompt", opts.prompt,
+          "--suppress", opts.suppress, "--scheduler", "ddim", "--steps", "5", "--width", "64", "--height", "64", "--seed", "5",
+          "--out", path.join(dir, "s.png"), "--out-tensor", tensors], { stdio: ["ignore", "pipe", "pipe"] });
+        const cli = readSafetensors(tensors).tensors.image.data;
+        const d = maxAbsDiff(r.image, Array.from(cli));
+        const effect = maxAbsDiff(r.image, r.original_image);
+        assert.ok(d < IMAGE_TOLERANCE, `suppressed image differs from the CLI's by ${d}`);
+        assert.ok(effect > 1e-3, `suppression changed the image (max diff to the original ${effect})`);
+        return `5 DDIM steps (ITO at step 1, 10 iterations) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI ${d.toExponential(2)}; suppressed vs original max diff ${effect.toFixed(3)}`;
       });
     }
   } finally {
