@@ -200,6 +200,18 @@ fn bench_generate_reports_timings_and_memory() {
     let p = out["unet_parameters"].as_u64().unwrap();
     assert!((300_000_000..350_000_000).contains(&p), "{p}");
     assert_eq!(out["vae_parameters"], 83_653_863);
-    let bad = pw(&["bench", "generate", "--arch", "sd15", "--dtype", "f16", "--device", "cpu"]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("f16"));
+    let bad = pw(&["bench", "generate", "--arch", "sd15", "--dtype", "f8", "--device", "cpu"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("f32 or f16"));
+}
+
+#[test]
+fn bench_train_reports_step_time_and_memory_with_f16_storage() {
+    let out = json(&pw(&["bench", "train", "--arch", "bk-sdm-tiny", "--size", "64", "--steps", "1", "--device", "cpu", "--dtype", "f16"]));
+    assert_eq!(out["arch"], "BkSdmTiny");
+    assert_eq!(out["step_seconds"].as_array().unwrap().len(), 1);
+    assert_eq!(out["gradient_checkpointing"], true);
+    assert_eq!(out["dtype"], "f16 weights, f32 compute");
+    let params = out["unet_parameters"].as_u64().unwrap() + out["text_encoder_parameters"].as_u64().unwrap();
+    assert_eq!(out["weight_bytes"].as_u64().unwrap(), 2 * params, "f16: two bytes per weight");
+    assert!(out["peak_memory_bytes"].as_u64().unwrap() > out["weight_bytes"].as_u64().unwrap());
 }
