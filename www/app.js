@@ -609,7 +609,9 @@ function readGenerationForm() {
   if (suppress) {
     const alpha = Number($("gen-suppress-alpha").value);
     if (!Number.isFinite(alpha) || alpha < 0) throw new Error(`Suppression strength must be a number >= 0 (got ${JSON.stringify($("gen-suppress-alpha").value)}).`);
-    Object.assign(params, { suppress, suppress_alpha: alpha, suppress_opt_off: !$("gen-suppress-opt").checked });
+    const iters = Number($("gen-suppress-iters").value);
+    if (!Number.isInteger(iters) || iters < 1 || iters > 50) throw new Error(`ITO iterations must be a whole number from 1 to 50 (got ${JSON.stringify($("gen-suppress-iters").value)}).`);
+    Object.assign(params, { suppress, suppress_alpha: alpha, suppress_opt_off: !$("gen-suppress-opt").checked, suppress_opt_iters: iters });
   }
   const seedText = $("gen-seed").value.trim();
   if (seedText !== "") {

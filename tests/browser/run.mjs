@@ -235,6 +235,7 @@ async function startGeneration(page, opts) {
   await page.fill("#gen-height", String(opts.height));
   await page.fill("#gen-seed", opts.seed === undefined ? "" : String(opts.seed));
   await page.fill("#gen-suppress", opts.suppress ?? "");
+  await page.fill("#gen-suppress-iters", String(opts.suppressIters ?? 10));
   const n = await page.evaluate((l) => window.__pseudoword.setLatents(l), opts.latents ? Array.from(opts.latents) : null);
   if (opts.latents) assert.equal(n, opts.latents.length, "setLatents took all values");
   await page.click("#generate-button");
@@ -714,7 +715,7 @@ async function main() {
         assert.ok(existsSync(CLI), `${CLI} missing: build the CLI (cargo build) or set PSEUDOWORD_BIN`);
         const page = main.page;
         await ensureModel(page, "/models/tiny-sd1/", "fp32");
-        const opts = { prompt: "a man without glasses", suppress: "glasses", scheduler: "ddim", steps: 5, width: 64, height: 64, seed: 5 };
+        const opts = { prompt: "a man without glasses", suppress: "glasses", suppressIters: 3, scheduler: "ddim", steps: 5, width: 64, height: 64, seed: 5 };
         // a word that is not in the prompt: a clear message, the page stays usable
         const bad = await startGeneration(page, { ...opts, suppress: "hat" });
         const gBad = await waitGeneration(page, bad);
@@ -732,14 +733,14 @@ async function main() {
         const dir = mkdtempSync(path.join(tmpdir(), "pseudoword-x-"));
         const tensors = path.join(dir, "s.safetensors");
         execFileSync(CLI, ["generate", "--device", "cpu", "--model", path.join(REPO, "tests/fixtures/tiny-sd1"), "--prompt", opts.prompt,
-          "--suppress", opts.suppress, "--scheduler", "ddim", "--steps", "5", "--width", "64", "--height", "64", "--seed", "5",
+          "--suppress", opts.suppress, "--suppress-opt-iters", "3", "--scheduler", "ddim", "--steps", "5", "--width", "64", "--height", "64", "--seed", "5",
           "--out", path.join(dir, "s.png"), "--out-tensor", tensors], { stdio: ["ignore", "pipe", "pipe"] });
         const cli = readSafetensors(tensors).tensors.image.data;
         const d = maxAbsDiff(r.image, Array.from(cli));
         const effect = maxAbsDiff(r.image, r.original_image);
         assert.ok(d < IMAGE_TOLERANCE, `suppressed image differs from the CLI's by ${d}`);
         assert.ok(effect > 1e-3, `suppression changed the image (max diff to the original ${effect})`);
-        return `5 DDIM steps (ITO at step 1, 10 iterations) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI ${d.toExponential(2)}; suppressed vs original max diff ${effect.toFixed(3)}`;
+        return `5 DDIM steps (ITO at step 1, 3 iterations) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI ${d.toExponential(2)}; suppressed vs original max diff ${effect.toFixed(3)}`;
       });
     }
   } finally {
