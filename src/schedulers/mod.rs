@@ -8,7 +8,7 @@
 //! tensors, and host-computed coefficients are applied with tensor ops. Nothing here reads a
 //! tensor back to the host, so every scheduler runs unchanged on WebGPU in the browser.
 //!
-//! ```ignore
+//! ```text
 //! let file = SchedulerConfig::from_json(&text, "scheduler/scheduler_config.json")?;
 //! let mut s = create(SchedulerKind::from_config(&file)?, &file, &Overrides::default())?;
 //! s.set_timesteps(20)?;
