@@ -12,6 +12,7 @@
 
 use burn::tensor::Tensor;
 
+use super::heatmaps::HeatmapAccumulator;
 use super::ito::{ItoTarget, ito_step_scale};
 use super::maps::MapLayers;
 use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
@@ -98,6 +99,8 @@ pub struct SuppressTxt2Img {
     rng: NoiseRng,
     last_embedding: Tensor<3>,
     last_losses: Vec<Tensor<1>>,
+    /// Heatmaps of the original and the suppressed branch, when enabled.
+    heatmaps: Option<[HeatmapAccumulator; 2]>,
 }
 
 impl SuppressTxt2Img {
@@ -158,6 +161,7 @@ impl SuppressTxt2Img {
             step: 0,
             rng,
             last_losses: Vec::new(),
+            heatmaps: None,
         })
     }
 
@@ -207,6 +211,18 @@ impl SuppressTxt2Img {
         &self.last_losses
     }
 
+    /// From the next step on, accumulates per-token cross-attention heatmaps of both branches
+    /// (all heads, the layers of [`Self::layers`]; see [`super::heatmaps`]). Before suppression
+    /// starts the branches share one UNet pass, so they get the same maps there.
+    pub fn enable_heatmaps(&mut self) {
+        self.heatmaps = Some([HeatmapAccumulator::new(self.layers.clone()), HeatmapAccumulator::new(self.layers.clone())]);
+    }
+
+    /// `(original, suppressed)` heatmaps accumulated so far (`None` unless enabled).
+    pub fn heatmaps(&self) -> Option<(&HeatmapAccumulator, &HeatmapAccumulator)> {
+        self.heatmaps.as_ref().map(|[o, s]| (o, s))
+    }
+
     /// The scheduler driving both branches.
     pub fn scheduler(&self) -> &dyn Scheduler {
         self.scheduler.as_ref()
@@ -240,17 +256,25 @@ impl SuppressTxt2Img {
         // prediction serves both.
         let shared = i < self.params.swr_start(total);
         let (input, cond) = if shared { (input.narrow(0, 0, n), self.cond.clone()) } else { (input, Tensor::cat(vec![self.cond.clone(), e], 0)) };
+        let mut capture = self.heatmaps.as_ref().map_or_else(UNetCapture::none, |[o, _]| o.capture());
+        // batch rows of the conditional passes: [original, suppressed] (one shared block before SWR)
+        let cond_start = if self.uncond.is_some() { input.dims()[0] } else { 0 };
         let eps = match &self.uncond {
             Some(u) => {
                 let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
                 let ctx = Tensor::cat(vec![uncond, cond], 0);
-                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut UNetCapture::none());
+                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut capture);
                 let mut halves = eps.chunk(2, 0).into_iter();
                 let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
                 uncond.clone() + (cond - uncond) * self.guidance
             }
-            None => sd.unet.forward(input, &[t], cond, &mut UNetCapture::none()),
+            None => sd.unet.forward(input, &[t], cond, &mut capture),
         };
+        if let Some([o, s]) = &mut self.heatmaps {
+            let supp = if shared { cond_start } else { cond_start + n };
+            o.add(&capture, cond_start..cond_start + n);
+            s.add(&capture, supp..supp + n);
+        }
         let eps = if shared { Tensor::cat(vec![eps.clone(), eps], 0) } else { eps };
         let noise = self.scheduler.needs_noise().then(|| {
             let [_, c, h, w] = self.latents.dims();

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod convert;
 mod generate;
+mod heatmaps;
 mod train;
 mod suppress;
 use pseudoword::error::Error;
