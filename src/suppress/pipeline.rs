@@ -36,7 +36,7 @@ pub struct SuppressParams {
     pub opt_end: f64,
     /// ITO iterations per step (`iter_each_step`, 10).
     pub opt_iters: usize,
-    /// ITO step scale (20 for generated images).
+    /// ITO step scale (20 for generated images, 5 for real photos).
     pub opt_scale: f64,
     /// Run ITO (false: SWR only).
     pub optimize: bool,
@@ -46,6 +46,11 @@ impl SuppressParams {
     /// The reference's defaults for suppressing `words`.
     pub fn new(words: impl Into<String>) -> Self {
         Self { words: words.into(), alpha: 1.0, start: 0.2, opt_end: 0.4, opt_iters: 10, opt_scale: 20.0, optimize: true }
+    }
+
+    /// The reference's defaults for a real photo: ITO step scale 5 instead of 20.
+    pub fn for_real_image(words: impl Into<String>) -> Self {
+        Self { opt_scale: 5.0, ..Self::new(words) }
     }
 
     fn check(&self) -> Result<(), SuppressError> {
@@ -101,6 +106,8 @@ pub struct SuppressTxt2Img {
     last_losses: Vec<Tensor<1>>,
     /// Heatmaps of the original and the suppressed branch, when enabled.
     heatmaps: Option<[HeatmapAccumulator; 2]>,
+    /// `[N, 77, D]` per step, replacing `uncond` (null-text inversion of a real photo).
+    uncond_steps: Vec<Tensor<3>>,
 }
 
 impl SuppressTxt2Img {
@@ -162,6 +169,7 @@ impl SuppressTxt2Img {
             rng,
             last_losses: Vec::new(),
             heatmaps: None,
+            uncond_steps: Vec::new(),
         })
     }
 
@@ -209,6 +217,23 @@ impl SuppressTxt2Img {
     /// last step ran no ITO.
     pub fn last_losses(&self) -> &[Tensor<1>] {
         &self.last_losses
+    }
+
+    /// Uses one unconditional embedding per step instead of the negative prompt's (null-text
+    /// inversion's optimised embeddings, `[N, 77, D]` each, for both branches). Needs
+    /// classifier-free guidance and exactly [`Self::num_steps`] embeddings.
+    pub fn set_uncond_per_step(&mut self, uncond: Vec<Tensor<3>>) -> Result<(), Error> {
+        let Some(u) = &self.uncond else {
+            return Err(Error::Input("per-step unconditional embeddings need classifier-free guidance (--guidance > 1)".into()));
+        };
+        if uncond.len() != self.num_steps() {
+            return Err(Error::Input(format!("{} unconditional embeddings for {} steps: invert with the same number of steps", uncond.len(), self.num_steps())));
+        }
+        if let Some(bad) = uncond.iter().find(|t| t.dims() != u.dims()) {
+            return Err(Error::Input(format!("unconditional embeddings must have shape {:?}, got {:?}", u.dims(), bad.dims())));
+        }
+        self.uncond_steps = uncond;
+        Ok(())
     }
 
     /// From the next step on, accumulates per-token cross-attention heatmaps of both branches
@@ -259,7 +284,8 @@ impl SuppressTxt2Img {
         let mut capture = self.heatmaps.as_ref().map_or_else(UNetCapture::none, |[o, _]| o.capture());
         // batch rows of the conditional passes: [original, suppressed] (one shared block before SWR)
         let cond_start = if self.uncond.is_some() { input.dims()[0] } else { 0 };
-        let eps = match &self.uncond {
+        let step_uncond = self.uncond_steps.get(i).cloned().or_else(|| self.uncond.clone());
+        let eps = match &step_uncond {
             Some(u) => {
                 let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
                 let ctx = Tensor::cat(vec![uncond, cond], 0);
