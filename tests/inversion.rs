@@ -163,3 +163,61 @@ fn zero_null_text_iterations_reproduce_plain_guided_sampling() {
     }
     assert_close("original branch vs plain sampling", &f32s(run.latents().narrow(0, 0, 1)), &plain, 1e-3);
 }
+
+fn pw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pseudoword")).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_edit_writes_the_edit_and_the_reconstruction_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_sd1();
+    let photo = photo_path();
+    let edit = |image: &str, words: &[&str], out: &str, extra: &[&str]| {
+        let mut a = vec!["edit", "--model", model.to_str().unwrap(), "--image", image, "--prompt", PROMPT, "--steps", "5", "--null-text-iters", "2", "--device", "cpu", "--out", out];
+        a.extend_from_slice(words);
+        a.extend_from_slice(extra);
+        pw(&a)
+    };
+    let (png, t) = (path("cat.png"), path("cat.safetensors"));
+    let out = edit(photo.to_str().unwrap(), &["--suppress", "sofa"], &png, &["--out-tensor", &t]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rec = path("cat-reconstruction.png");
+    assert_eq!(json["reconstruction"], serde_json::json!(rec));
+    assert_eq!(json["target_positions"], serde_json::json!([6]));
+    assert_eq!(json["null_text_iterations"].as_array().unwrap().len(), 5);
+    for f in [&png, &rec] {
+        let bytes = std::fs::read(f).unwrap();
+        let img = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((img.width(), img.height()), (256, 256), "{f}");
+        let text = pseudoword::pipeline::png_out::read_parameters(&bytes).unwrap();
+        assert!(text.contains("Sampler: DDIM"), "{text}");
+    }
+    let text = pseudoword::pipeline::png_out::read_parameters(&std::fs::read(&png).unwrap()).unwrap();
+    assert!(text.contains("SuppressEOT: \"sofa\"") && text.contains("scale 5") && text.contains("Null-text inversion"), "{text}");
+    let g = read_golden(Path::new(&t));
+    assert_eq!(g.get("latents").shape, vec![2, 4, 32, 32]);
+    assert!(max_abs_diff(&g.get("image").f, &g.get("reconstruction").f) > 1e-3, "the edit changed nothing");
+
+    let err = |o: &Output| {
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!e.contains("panicked"), "{e}");
+        e
+    };
+    let e = err(&edit(photo.to_str().unwrap(), &["--suppress", "hat"], &path("x.png"), &[]));
+    assert!(e.contains("`hat`") && e.contains("not in the prompt"), "{e}");
+    let bad = path("notes.jpg");
+    std::fs::write(&bad, "not an image").unwrap();
+    let e = err(&edit(&bad, &["--suppress", "sofa"], &path("x.png"), &[]));
+    assert!(e.contains("notes.jpg") && e.contains("JPEG, PNG or WebP"), "{e}");
+    let e = err(&edit(&path("missing.jpg"), &["--suppress", "sofa"], &path("x.png"), &[]));
+    assert!(e.contains("cannot read the photo") && e.contains("missing.jpg"), "{e}");
+    let e = err(&edit(photo.to_str().unwrap(), &[], &path("x.png"), &[]));
+    assert!(e.contains("--suppress WORDS"), "{e}");
+    let e = err(&edit(photo.to_str().unwrap(), &["--suppress", "sofa"], &path("x.png"), &["--guidance", "1"]));
+    assert!(e.contains("guidance"), "{e}");
+    assert!(!Path::new(&path("x.png")).exists());
+}
