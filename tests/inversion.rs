@@ -33,12 +33,19 @@ fn photo_path() -> std::path::PathBuf {
 }
 
 fn setup(steps: usize) -> (StableDiffusion, GenerateParams, Tensor<4>) {
+    setup_sized(steps, None)
+}
+
+/// The tiny model, DDIM, the fixture photo at `size` (default: native 256).
+fn setup_sized(steps: usize, size: Option<usize>) -> (StableDiffusion, GenerateParams, Tensor<4>) {
     let device = Device::flex();
     let sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
     let mut p = GenerateParams::new(PROMPT, &sd);
     p.steps = steps;
     p.scheduler = Some(SchedulerKind::Ddim);
-    let photo = prepare_photo(&std::fs::read(photo_path()).unwrap(), "chelsea", sd.default_size() as u32).unwrap();
+    let size = size.unwrap_or(sd.default_size());
+    (p.width, p.height) = (size, size);
+    let photo = prepare_photo(&std::fs::read(photo_path()).unwrap(), "chelsea", size as u32).unwrap();
     let pixels = photo_tensor(&photo, &device);
     (sd, p, pixels)
 }
@@ -111,7 +118,8 @@ fn ddim_inversion_round_trips_at_guidance_one() {
 
 #[test]
 fn null_text_inversion_improves_the_guided_reconstruction() {
-    let (sd, p, pixels) = setup(10);
+    // 64x64 (8x8 latents) keeps the 100 forward/backward passes quick
+    let (sd, p, pixels) = setup_sized(10, Some(64));
     let inv = InversionParams::default();
     let mut calls = 0;
     let inverted = pollster::block_on(invert_photo(&sd, pixels, &p, &inv, &mut |_, _| {
@@ -152,7 +160,7 @@ fn null_text_inversion_improves_the_guided_reconstruction() {
 /// branch is then plain guided DDIM sampling from the inverted latent.
 #[test]
 fn zero_null_text_iterations_reproduce_plain_guided_sampling() {
-    let (sd, p, pixels) = setup(4);
+    let (sd, p, pixels) = setup_sized(4, Some(64));
     let inv = InversionParams { null_text_iters: 0, ..InversionParams::default() };
     let inverted = pollster::block_on(invert_photo(&sd, pixels, &p, &inv, &mut |_, _| true)).unwrap();
     assert_eq!(inverted.null_text.iterations, vec![0; 4]);
@@ -181,7 +189,8 @@ fn cli_edit_writes_the_edit_and_the_reconstruction_with_clear_errors() {
         pw(&a)
     };
     let (png, t) = (path("cat.png"), path("cat.safetensors"));
-    let out = edit(photo.to_str().unwrap(), &["--suppress", "sofa"], &png, &["--out-tensor", &t]);
+    let maps = path("maps");
+    let out = edit(photo.to_str().unwrap(), &["--suppress", "sofa"], &png, &["--out-tensor", &t, "--attention-maps", &maps]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rec = path("cat-reconstruction.png");
@@ -197,6 +206,14 @@ fn cli_edit_writes_the_edit_and_the_reconstruction_with_clear_errors() {
     }
     let text = pseudoword::pipeline::png_out::read_parameters(&std::fs::read(&png).unwrap()).unwrap();
     assert!(text.contains("SuppressEOT: \"sofa\"") && text.contains("scale 5") && text.contains("Null-text inversion"), "{text}");
+    for sub in ["original", "suppressed"] {
+        for f in ["01-a.png", "02-cat.png", "05-a.png", "06-sofa.png", "strip.png"] {
+            let img = image::open(dir.path().join("maps").join(sub).join(f)).unwrap();
+            assert_eq!(img.height(), 256, "{sub}/{f}");
+        }
+    }
+    let listing: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("maps/maps.json")).unwrap()).unwrap();
+    assert_eq!(listing["suppressed"]["positions"], serde_json::json!([1, 2, 3, 4, 5, 6]));
     let g = read_golden(Path::new(&t));
     assert_eq!(g.get("latents").shape, vec![2, 4, 32, 32]);
     assert!(max_abs_diff(&g.get("image").f, &g.get("reconstruction").f) > 1e-3, "the edit changed nothing");

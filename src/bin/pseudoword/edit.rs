@@ -10,7 +10,8 @@ use pseudoword::native::select_device;
 use pseudoword::pipeline::GenerateParams;
 use pseudoword::pipeline::png_out::{A1111Parameters, encode_png, to_rgb8};
 use pseudoword::schedulers::SchedulerKind;
-use pseudoword::suppress::{InversionParams, edit_photo, photo_tensor};
+use pseudoword::pipeline::decode_latents;
+use pseudoword::suppress::{InversionParams, PhotoEdit, SuppressTxt2Img, invert_photo, locate_words, photo_tensor};
 use pseudoword::train::photos::prepare_photo;
 use safetensors::Dtype;
 
@@ -45,6 +46,10 @@ pub struct EditArgs {
     /// reconstruction, edit) and `inverted_latent` [1,4,h,w] (x_T) to this safetensors file.
     #[arg(long)]
     pub out_tensor: Option<PathBuf>,
+    /// Write per-token cross-attention heatmaps of the edit run to DIR/original/ (the
+    /// reconstruction) and DIR/suppressed/ (see `generate --attention-maps`).
+    #[arg(long, value_name = "DIR")]
+    pub attention_maps: Option<PathBuf>,
     #[command(flatten)]
     pub suppress: crate::suppress::GenerateSuppress,
 }
@@ -80,10 +85,38 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
         last = std::time::Instant::now();
         true
     };
-    let r = pollster::block_on(edit_photo(&sd, photo_tensor(&photo, &device), &p, &s, &inv, &mut on_step))?;
+    let maps_wanted = a.attention_maps.is_some();
+    let (r, heatmaps) = pollster::block_on(async {
+        let toks = sd.prompt.tokenize(&p.prompt);
+        locate_words(&sd.prompt.tokenizer, &toks, &s.words)?;
+        let inverted = invert_photo(&sd, photo_tensor(&photo, &device), &p, &inv, &mut |d, t| on_step("inversion", d, t)).await?;
+        let mut run = SuppressTxt2Img::from_inverted(&sd, &p, &s, &inverted).await?;
+        if maps_wanted {
+            run.enable_heatmaps();
+        }
+        let total = run.num_steps();
+        while !run.is_done() {
+            run.step(&sd).await?;
+            on_step("edit", run.steps_done(), total);
+        }
+        let images = decode_latents(&sd, run.latents());
+        let heatmaps = run.heatmaps().map(|(o, s)| (o.clone(), s.clone()));
+        let edit = PhotoEdit {
+            image: images.clone().narrow(0, 1, 1),
+            reconstruction: images.narrow(0, 0, 1),
+            latents: run.latents(),
+            inverted,
+            tokens: run.tokens().clone(),
+        };
+        Ok::<_, Error>((edit, heatmaps))
+    })?;
     let [_, h, w, c] = r.image.dims();
     let image = read_f32(r.image)?;
     let reconstruction = read_f32(r.reconstruction)?;
+    if let (Some(dir), Some((o, su))) = (&a.attention_maps, heatmaps) {
+        let branches = vec![(Some("original"), o, reconstruction.clone()), (Some("suppressed"), su, image.clone())];
+        crate::heatmaps::write_branches(dir, &sd, &p.prompt, branches, [w, h])?;
+    }
     let mut extra = crate::suppress::GenerateSuppress::png_extra(&s);
     extra.push(("Null-text inversion".into(), format!("\"{}\", iters {}", name.replace('"', "'"), a.null_text_iters)));
     let params = A1111Parameters {
@@ -125,6 +158,7 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
         "target_positions": r.tokens.target,
         "null_text_iterations": r.inverted.null_text.iterations,
         "null_text_losses": r.inverted.null_text.losses,
+        "attention_maps": a.attention_maps.as_ref().map(|d| d.display().to_string()),
         "device": device_name,
         "seconds": t0.elapsed().as_secs_f64(),
     });

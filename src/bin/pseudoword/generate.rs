@@ -183,23 +183,21 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
     }
     let mut maps_json = None;
     if let (Some(dir), Some(maps)) = (&a.attention_maps, heatmaps) {
-        let prompt = sd.prompt.tokenize(&p.prompt);
-        let mut parts = serde_json::Map::new();
-        for (sub, acc) in maps {
-            let Some(hm) = pollster::block_on(acc.finish(&prompt, sd.prompt.tokenizer.eos_id()))? else { continue };
-            let rgb = match (sub, &original) {
-                (Some("original"), Some((o, _))) => read_f32(o.clone())?,
-                _ => image.clone(),
-            };
-            let folder = sub.map_or_else(|| dir.clone(), |s| dir.join(s));
-            let v = crate::heatmaps::write_heatmaps(&folder, &hm, &rgb, [w, h])?;
-            match sub {
-                Some(s) => parts.insert(s.into(), v),
-                None => parts.insert("maps".into(), v),
-            };
-        }
-        let v = if parts.len() == 1 && parts.contains_key("maps") { parts.remove("maps").unwrap_or_default() } else { serde_json::Value::Object(parts) };
-        crate::heatmaps::write_json(&dir.join("maps.json"), &v)?;
+        let original_rgb = match &original {
+            Some((o, _)) => Some(read_f32(o.clone())?),
+            None => None,
+        };
+        let branches = maps
+            .into_iter()
+            .map(|(sub, acc)| {
+                let rgb = match (sub, &original_rgb) {
+                    (Some("original"), Some(o)) => o.clone(),
+                    _ => image.clone(),
+                };
+                (sub, acc, rgb)
+            })
+            .collect();
+        crate::heatmaps::write_branches(dir, &sd, &p.prompt, branches, [w, h])?;
         maps_json = Some(dir.display().to_string());
     }
     if let Some(t) = &a.out_tensor {

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use pseudoword::error::Error;
 use pseudoword::pipeline::png_out::{encode_png, to_rgb8};
-use pseudoword::suppress::TokenHeatmaps;
+use pseudoword::pipeline::StableDiffusion;
+use pseudoword::suppress::{HeatmapAccumulator, TokenHeatmaps};
 use pseudoword::suppress::overlay::{overlay, strip};
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<(), Error> {
@@ -53,4 +54,31 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), Error> {
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| Error::Input(format!("cannot create {}: {e}", path.display())))?;
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Input(e.to_string()))?;
     std::fs::write(path, text).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Reads back every branch's heatmaps and writes them (`(None, ..)`: straight into `dir`;
+/// `(Some(name), ..)`: into `dir/name/`) over that branch's images (`[N, H, W, 3]` in [0, 1]),
+/// plus `dir/maps.json`.
+pub fn write_branches(
+    dir: &Path,
+    sd: &StableDiffusion,
+    prompt: &str,
+    branches: Vec<(Option<&str>, HeatmapAccumulator, Vec<f32>)>,
+    size: [usize; 2],
+) -> Result<(), Error> {
+    let tokens = sd.prompt.tokenize(prompt);
+    let mut parts = serde_json::Map::new();
+    let mut single = None;
+    for (sub, acc, rgb) in branches {
+        let Some(hm) = pollster::block_on(acc.finish(&tokens, sd.prompt.tokenizer.eos_id()))? else { continue };
+        let folder = sub.map_or_else(|| dir.to_path_buf(), |s| dir.join(s));
+        let v = write_heatmaps(&folder, &hm, &rgb, size)?;
+        match sub {
+            Some(s) => {
+                parts.insert(s.into(), v);
+            }
+            None => single = Some(v),
+        }
+    }
+    write_json(&dir.join("maps.json"), &single.unwrap_or(serde_json::Value::Object(parts)))
 }
