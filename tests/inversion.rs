@@ -149,8 +149,8 @@ fn null_text_inversion_improves_the_guided_reconstruction() {
         inverted.null_text.losses,
         rms(&edited, &rec)
     );
-    // measured on the tiny random-weight model (10 steps): 5.64 -> 3.46
-    assert!(opt < 0.8 * plain, "null-text inversion should reduce the error ({opt} vs {plain})");
+    // measured on the tiny random-weight model (10 steps, 64x64): 5.61 -> 2.73 (at 256x256: 5.64 -> 3.46)
+    assert!(opt < 0.7 * plain, "null-text inversion should reduce the error ({opt} vs {plain})");
     assert!(inverted.null_text.iterations.iter().all(|&k| (1..=10).contains(&k)));
     assert!(rms(&edited, &rec) > 1e-4, "suppression changed nothing");
 }
