@@ -14,7 +14,7 @@ use pseudoword::native::load_stable_diffusion;
 use pseudoword::pipeline::{GenerateParams, StableDiffusion, Txt2Img};
 use pseudoword::schedulers::SchedulerKind;
 use pseudoword::suppress::{
-    InversionParams, SuppressParams, SuppressTxt2Img, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, invert_photo, photo_tensor,
+    InversionParams, SuppressParams, SuppressTxt2Img, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, invert_photo, null_text_loss_and_grad, photo_tensor,
 };
 use pseudoword::train::photos::prepare_photo;
 
@@ -237,4 +237,37 @@ fn cli_edit_writes_the_edit_and_the_reconstruction_with_clear_errors() {
     let e = err(&edit(photo.to_str().unwrap(), &["--suppress", "sofa"], &path("x.png"), &["--guidance", "1"]));
     assert!(e.contains("guidance"), "{e}");
     assert!(!Path::new(&path("x.png")).exists());
+}
+
+/// The checkpointed null-text gradient equals plain autodiff through the whole UNet.
+#[test]
+fn null_text_gradient_matches_plain_autodiff() {
+    let (sd, p, pixels) = setup_sized(10, Some(64));
+    let mut sched = ddim_scheduler(&sd, &p.overrides, p.steps).unwrap();
+    let (_, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false).unwrap();
+    let u = out.last_hidden_state.clone().narrow(0, 0, 1);
+    let c = out.last_hidden_state.narrow(0, 1, 1);
+    let latents = ddim_invert(&sd, sched.as_ref(), encode_image(&sd, pixels), c.clone());
+    let step = 3;
+    let t = sched.timesteps()[step];
+    let (latent, target) = (latents[10 - step].clone(), latents[9 - step].clone());
+    let none = || pseudoword::models::UNetCapture::none();
+    let eps_c = sd.unet.forward(latent.clone(), &[t], c, &mut none());
+    let (loss, grad) = null_text_loss_and_grad(&sd, sched.as_mut(), step, latent.clone(), target.clone(), eps_c.clone(), u.clone(), p.guidance);
+    // plain autodiff
+    let ua = u.clone().autodiff().require_grad();
+    let eps_u = sd.unet.forward(latent.clone().autodiff(), &[t], ua.clone(), &mut none());
+    let eps = eps_u.clone() + (eps_c.autodiff() - eps_u) * p.guidance;
+    let rec = sched.step(eps, step, latent.autodiff(), None).prev_sample;
+    let d = rec - target.autodiff();
+    let want_loss = (d.clone() * d).mean();
+    let grads = want_loss.backward();
+    let want_loss = f32s(want_loss.inner());
+    let want = f32s(ua.grad(&grads).unwrap());
+    let got = f32s(grad);
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("null-text grad: max |grad| {max:.3e}, max diff {:.3e}", max_abs_diff(&got, &want));
+    assert!(max > 0.0);
+    assert_close("loss", &f32s(loss), &want_loss, 1e-6 * want_loss[0].abs().max(1.0));
+    assert_close("checkpointed vs plain gradient", &got, &want, 1e-4 * max);
 }

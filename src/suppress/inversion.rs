@@ -12,6 +12,8 @@
 //!   `null_optimization`; then one CFG step with the optimised embedding advances the latent.
 //!
 //! Adam runs on the device (f32); nothing is read back except the scalar loss for early stop.
+//! The gradient's UNet pass is activation-checkpointed ([`null_text_loss_and_grad`]), so the
+//! memory of a step is about one forward pass, not a whole backward graph.
 
 use burn::tensor::Tensor;
 
@@ -101,6 +103,39 @@ pub fn ddim_invert(sd: &StableDiffusion, sched: &dyn Scheduler, latent: Tensor<4
     all
 }
 
+/// Loss `mse(DDIM step(CFG prediction), target)` of one null-text iteration at step `step` and
+/// its gradient with respect to the unconditional embedding `u`. The UNet pass is activation-
+/// checkpointed ([`crate::models::UNetTape`]): the gradient only flows into the text
+/// embedding, so at most one module's activations exist at once (the same numbers as plain
+/// autodiff through [`crate::models::UNet2DConditionModel::forward`], up to summation order).
+///
+/// # Shapes
+/// - `latent`, `target`, `eps_c`: `[N, C, h, w]` (`eps_c`: the conditional prediction),
+///   `u`: `[N, 77, D]`; returns `[1]` and `[N, 77, D]` (no graph)
+#[allow(clippy::too_many_arguments)]
+pub fn null_text_loss_and_grad(
+    sd: &StableDiffusion,
+    sched: &mut dyn Scheduler,
+    step: usize,
+    latent: Tensor<4>,
+    target: Tensor<4>,
+    eps_c: Tensor<4>,
+    u: Tensor<3>,
+    guidance: f64,
+) -> (Tensor<1>, Tensor<3>) {
+    let t = sched.timesteps()[step];
+    let input = sched.scale_model_input(latent.clone(), step);
+    let (eps_u, tape) = sd.unet.forward_checkpointed(input, &[t], u.clone());
+    let leaf = eps_u.autodiff().require_grad();
+    let eps = leaf.clone() + (eps_c.autodiff() - leaf.clone()) * guidance;
+    let rec = sched.step(eps, step, latent.autodiff(), None).prev_sample;
+    let d = rec - target.clone().autodiff();
+    let loss = (d.clone() * d).mean();
+    let grads = loss.backward();
+    let g_out = leaf.grad(&grads).unwrap_or_else(|| target.zeros_like());
+    (loss.inner(), tape.backward_ehs(g_out))
+}
+
 /// What null-text optimisation found.
 #[derive(Clone, Debug)]
 pub struct NullText {
@@ -146,14 +181,7 @@ pub async fn null_text_optimization(
         let (mut m, mut v) = (u.zeros_like(), u.zeros_like());
         let (mut done, mut last) = (0, f32::NAN);
         for j in 0..params.null_text_iters {
-            let ua = u.clone().autodiff().require_grad();
-            let eps_u = sd.unet.forward(input.clone().autodiff(), &[t], ua.clone(), &mut UNetCapture::none());
-            let eps = eps_u.clone() + (eps_c.clone().autodiff() - eps_u) * guidance;
-            let rec = sched.step(eps, i, latent.clone().autodiff(), None).prev_sample;
-            let d = rec - target.clone().autodiff();
-            let loss = (d.clone() * d).mean();
-            let grads = loss.backward();
-            let g = ua.grad(&grads).unwrap_or_else(|| u.zeros_like());
+            let (loss, g) = null_text_loss_and_grad(sd, sched, i, latent.clone(), target.clone(), eps_c.clone(), u.clone(), guidance);
             // torch.optim.Adam (weight_decay 0), step j + 1
             let k = (j + 1) as i32;
             m = m * b1 + g.clone() * (1.0 - b1);
@@ -162,7 +190,7 @@ pub async fn null_text_optimization(
             let v_hat = v.clone() / (1.0 - b2.powi(k));
             u = u - m_hat / (v_hat.sqrt() + eps_adam) * lr;
             done = j + 1;
-            last = read_f32(loss.inner()).await?.first().copied().unwrap_or(f32::NAN);
+            last = read_f32(loss).await?.first().copied().unwrap_or(f32::NAN);
             if (last as f64) < params.early_stop + i as f64 * 2e-5 {
                 break;
             }

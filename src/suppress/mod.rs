@@ -22,7 +22,7 @@ pub mod swr;
 
 use burn::tensor::Tensor;
 
-pub use inversion::{InversionParams, NullText, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, null_text_optimization};
+pub use inversion::{InversionParams, NullText, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, null_text_loss_and_grad, null_text_optimization};
 pub use ito::{ItoLoss, ItoTarget, LossWeights, ito_step_scale};
 pub use heatmaps::{HeatmapAccumulator, TokenHeatmaps};
 pub use maps::{AttentionMaps, Heads, MapLayers, aggregate_maps, aggregate_maps_heads, capture_maps};
