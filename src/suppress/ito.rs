@@ -11,9 +11,9 @@
 //! the prompt tokens `1..n-1` outside `I`, and `M_i` the masks of [`super::masks`]. The loss
 //! and its gradient stay on the device; only pass A's cross maps are read back (for the masks).
 
-use burn::tensor::{Device, Tensor, TensorData};
-
 use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::maps::{AttentionMaps, MapLayers, aggregate_maps, capture_maps};
 use super::masks::token_masks;
