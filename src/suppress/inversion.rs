@@ -154,6 +154,7 @@ pub struct NullText {
 ///
 /// # Shapes
 /// - `latents[k]`: `[N, C, h, w]`, `uncond` / `cond`: `[N, 77, D]`
+#[allow(clippy::too_many_arguments)]
 pub async fn null_text_optimization(
     sd: &StableDiffusion,
     sched: &mut dyn Scheduler,

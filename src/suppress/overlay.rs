@@ -45,7 +45,7 @@ pub fn overlay(image: &[u8], width: usize, height: usize, map: &[f32], size: [us
     for (px, v) in image.chunks_exact(3).zip(up) {
         let c = jet(v * scale);
         for ch in 0..3 {
-            out.push(((px[ch] as u16 + c[ch] as u16 + 1) / 2) as u8);
+            out.push((px[ch] as u16 + c[ch] as u16).div_ceil(2) as u8);
         }
     }
     out
