@@ -283,3 +283,46 @@ fn map_layers_of_an_sd1_shaped_unet() {
     let sums = f32s(maps.cross.sum_dim(3));
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "cross maps are probabilities over the 77 keys");
 }
+
+/// The activation-checkpointed ITO gradient (the default) equals plain autodiff through the UNet
+/// up to the last map layer, and the golden `grad_iter0`; also on an SD 1.x-shaped UNet where
+/// the map layers sit below other transformer levels.
+#[test]
+fn checkpointed_ito_gradient_matches_autodiff() {
+    let (sd, g, layers, tokens) = ito_setup();
+    let device = sd.device();
+    let t = g.get("timestep").i[0] as f64;
+    let latent = tensor::<4>(g.get("latent"), &device);
+    let target = pollster::block_on(ItoTarget::new(&sd.unet, &layers, &tokens, latent.clone(), t, tensor(g.get("text_embeddings"), &device))).unwrap();
+    let e0 = tensor::<3>(g.get("text_embeddings_swr"), &device);
+    let (l1, g1) = target.loss_and_grad(&sd.unet, latent.clone(), t, e0.clone());
+    let (l2, g2) = target.loss_and_grad_autodiff(&sd.unet, latent, t, e0);
+    assert_rel("checkpointed loss vs autodiff", &f32s(l1.parts), &f32s(l2.parts), 1e-5, 1e-9);
+    let (g1, g2) = (f32s(g1), f32s(g2));
+    assert_rel("checkpointed grad vs autodiff", &g1, &g2, 1e-4, 1e-8);
+    assert_rel("checkpointed grad vs grad_iter0", &g1, &g.get("grad_iter0").f, 1e-4, 1e-7);
+
+    use pseudoword::models::{UNet2DConditionConfig, UNet2DConditionModel};
+    let config = serde_json::json!({
+        "sample_size": 16, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 2, "norm_num_groups": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "attention_head_dim": 2, "cross_attention_dim": 32
+    });
+    let c = UNet2DConditionConfig::from_json(&config.to_string(), "test").unwrap();
+    let (mut map, _) = pseudoword::bench::random_weights("test", &UNet2DConditionModel::param_specs(&c), &device, 5, pseudoword::weights::WeightStorage::F32);
+    let unet = UNet2DConditionModel::from_map(&c, &mut map);
+    let layers = MapLayers::for_unet(&unet, [16, 16]).unwrap();
+    assert_eq!(layers.size, [4, 4]);
+    let sample = Tensor::<4>::random([1, 4, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let c0 = Tensor::<3>::random([1, 77, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let e = c0.clone() + Tensor::<3>::random([1, 77, 32], burn::tensor::Distribution::Normal(0.0, 0.3), &device);
+    let target = pollster::block_on(ItoTarget::new(&unet, &layers, &tokens, sample.clone(), 500.0, c0)).unwrap();
+    let (l1, g1) = target.loss_and_grad(&unet, sample.clone(), 500.0, e.clone());
+    let (l2, g2) = target.loss_and_grad_autodiff(&unet, sample, 500.0, e);
+    assert_rel("sd1-shaped: loss", &f32s(l1.total), &f32s(l2.total), 1e-5, 1e-9);
+    let (g1, g2) = (f32s(g1), f32s(g2));
+    let max = g2.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max > 0.0, "gradient is zero");
+    assert_close("sd1-shaped: checkpointed grad vs autodiff", &g1, &g2, 1e-4 * max);
+}

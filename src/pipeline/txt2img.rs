@@ -9,6 +9,7 @@ use super::StableDiffusion;
 use super::rng::NoiseRng;
 use crate::error::Error;
 use crate::models::UNetCapture;
+use crate::suppress::{HeatmapAccumulator, MapLayers};
 use crate::schedulers::{Overrides, Scheduler, SchedulerKind, create};
 
 /// What to generate.
@@ -61,6 +62,8 @@ pub struct Txt2Img {
     do_cfg: bool,
     step: usize,
     rng: NoiseRng,
+    /// Per-token attention heatmaps, when enabled.
+    heatmaps: Option<HeatmapAccumulator>,
 }
 
 impl Txt2Img {
@@ -109,7 +112,7 @@ impl Txt2Img {
             None => rng.randn(shape, &device),
         };
         let latents = latents * scheduler.init_noise_sigma();
-        Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg, step: 0, rng })
+        Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg, step: 0, rng, heatmaps: None })
     }
 
     /// Number of scheduler steps (PNDM may have one more than requested).
@@ -135,11 +138,33 @@ impl Txt2Img {
         self.scheduler.as_ref()
     }
 
+    /// From the next step on, accumulates per-token cross-attention heatmaps of the prompt
+    /// (conditional half of the batch; see [`crate::suppress::heatmaps`]). Errors when the UNet
+    /// has no cross-attention in its down/up blocks.
+    pub fn enable_heatmaps(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
+        let [_, _, h, w] = self.latents.dims();
+        let layers = MapLayers::for_unet(&sd.unet, [h, w])
+            .ok_or_else(|| Error::Input("this UNet has no cross-attention in its down/up blocks: no attention maps to show".into()))?;
+        self.heatmaps = Some(HeatmapAccumulator::new(layers));
+        Ok(())
+    }
+
+    /// The heatmaps accumulated so far (`None` unless [`Self::enable_heatmaps`] was called).
+    pub fn heatmaps(&self) -> Option<&HeatmapAccumulator> {
+        self.heatmaps.as_ref()
+    }
+
     /// The UNet's noise prediction for the current step, guidance applied.
-    fn noise_pred(&self, sd: &StableDiffusion, t: f64) -> Tensor<4> {
+    fn noise_pred(&mut self, sd: &StableDiffusion, t: f64) -> Tensor<4> {
         let input = if self.do_cfg { Tensor::cat(vec![self.latents.clone(), self.latents.clone()], 0) } else { self.latents.clone() };
         let input = self.scheduler.scale_model_input(input, self.step);
-        let eps = sd.unet.forward(input, &[t], self.context.clone(), &mut UNetCapture::none());
+        let mut capture = self.heatmaps.as_ref().map_or_else(UNetCapture::none, HeatmapAccumulator::capture);
+        let eps = sd.unet.forward(input, &[t], self.context.clone(), &mut capture);
+        if let Some(acc) = &mut self.heatmaps {
+            let n = self.latents.dims()[0];
+            let rows = if self.do_cfg { n..2 * n } else { 0..n };
+            acc.add(&capture, rows);
+        }
         if self.do_cfg {
             let mut halves = eps.chunk(2, 0).into_iter();
             let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));

@@ -11,12 +11,15 @@
 //! the prompt tokens `1..n-1` outside `I`, and `M_i` the masks of [`super::masks`]. The loss
 //! and its gradient stay on the device; only pass A's cross maps are read back (for the masks).
 
+use std::collections::HashMap;
+
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::maps::{AttentionMaps, MapLayers, capture_maps};
+use super::maps::{AttentionMaps, MapLayers, aggregate_maps, capture_maps};
 use super::masks::token_masks;
 use super::{SuppressError, SuppressTokens, read_f32};
 use crate::models::UNet2DConditionModel;
+use crate::models::attention::AttnCapture;
 
 /// Weight of the preservation terms (cross and self).
 pub const RETAIN_WEIGHT: f64 = 1.0;
@@ -148,12 +151,33 @@ impl ItoTarget {
     }
 
     /// Pass B for embedding `e` and the loss with its gradient `dL/de` (all on the device;
-    /// returned tensors carry no autodiff graph).
+    /// returned tensors carry no autodiff graph). The UNet pass is activation-checkpointed
+    /// ([`crate::models::UNetTape::backward_ehs_with_probs`]): it runs without a graph up to the
+    /// last map layer, the loss is differentiated with respect to the captured probabilities,
+    /// and the backward pass re-runs one module at a time, so the memory is about one forward
+    /// pass instead of every activation up to the last map layer. Same numbers as
+    /// [`Self::loss_and_grad_autodiff`] up to summation order.
     ///
     /// # Shapes
     /// - `sample`: `[batch, C, h, w]` (suppressed branch, scheduler-scaled), `e`: `[batch, 77, D]`
     /// - gradient: `[batch, 77, D]`
     pub fn loss_and_grad(&self, unet: &UNet2DConditionModel, sample: Tensor<4>, timestep: f64, e: Tensor<3>) -> (ItoLoss, Tensor<3>) {
+        let mut capture = AttnCapture::of(self.layers.all_paths());
+        let (x, tape) = unet.forward_checkpointed_capture(sample, &[timestep], e.inner(), &mut capture);
+        let leaves: HashMap<String, Tensor<4>> = capture.probs.into_iter().map(|(k, v)| (k, v.autodiff().require_grad())).collect();
+        let size = self.layers.size;
+        let cross = aggregate_maps(&leaves, &self.layers.cross, size).expect("cross-attention maps at the chosen resolution were captured");
+        let self_attn = aggregate_maps(&leaves, &self.layers.self_attn, size).expect("self-attention maps at the chosen resolution were captured");
+        let loss = self.loss(&AttentionMaps { cross, self_attn });
+        let grads = loss.total.backward();
+        let g_probs: HashMap<String, Tensor<4>> = leaves.iter().filter_map(|(k, v)| v.grad(&grads).map(|g| (k.clone(), g))).collect();
+        let grad = tape.backward_ehs_with_probs(x.zeros_like(), &g_probs);
+        (ItoLoss { total: loss.total.inner(), parts: loss.parts.inner() }, grad)
+    }
+
+    /// [`Self::loss_and_grad`] by plain autodiff through the UNet up to the last map layer
+    /// (keeps every activation of that part of the pass; for comparison).
+    pub fn loss_and_grad_autodiff(&self, unet: &UNet2DConditionModel, sample: Tensor<4>, timestep: f64, e: Tensor<3>) -> (ItoLoss, Tensor<3>) {
         let plain = e.inner();
         let e = plain.clone().autodiff().require_grad();
         let maps = capture_maps(unet, &self.layers, sample, timestep, e.clone());

@@ -98,6 +98,16 @@ impl MapLayers {
     }
 }
 
+/// Which heads of each layer an aggregate averages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heads {
+    /// The first `heads / 2` (at least 1): what SuppressEOT's reference keeps with batch 1.
+    FirstHalf,
+    /// Every head: prompt-to-prompt's `aggregate_attention` on the conditional half of the batch,
+    /// used for the user's heatmaps.
+    All,
+}
+
 /// Mean over (layer, first `heads / 2` heads) of captured probabilities, layers whose query
 /// count is not `h * w` skipped.
 ///
@@ -105,14 +115,26 @@ impl MapLayers {
 /// - `probs[path]`: `[batch, heads, queries, keys]`
 /// - output: `[batch, h, w, keys]`; `None` when no listed layer has `h * w` queries.
 pub fn aggregate_maps(probs: &HashMap<String, Tensor<4>>, paths: &[String], size: [usize; 2]) -> Option<Tensor<4>> {
+    aggregate_maps_heads(probs, paths, size, Heads::FirstHalf)
+}
+
+/// [`aggregate_maps`] with a choice of heads.
+///
+/// # Shapes
+/// - `probs[path]`: `[batch, heads, queries, keys]`
+/// - output: `[batch, h, w, keys]`; `None` when no listed layer has `h * w` queries.
+pub fn aggregate_maps_heads(probs: &HashMap<String, Tensor<4>>, paths: &[String], size: [usize; 2], heads: Heads) -> Option<Tensor<4>> {
     let [h, w] = size;
     let kept: Vec<Tensor<4>> = paths
         .iter()
         .filter_map(|p| probs.get(p))
         .filter(|t| t.dims()[2] == h * w)
-        .map(|t| {
-            let heads = t.dims()[1];
-            t.clone().narrow(1, 0, (heads / 2).max(1))
+        .map(|t| match heads {
+            Heads::FirstHalf => {
+                let n = t.dims()[1];
+                t.clone().narrow(1, 0, (n / 2).max(1))
+            }
+            Heads::All => t.clone(),
         })
         .collect();
     if kept.is_empty() {

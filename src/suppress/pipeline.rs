@@ -12,6 +12,7 @@
 
 use burn::tensor::Tensor;
 
+use super::heatmaps::HeatmapAccumulator;
 use super::ito::{ItoTarget, ito_step_scale};
 use super::maps::MapLayers;
 use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
@@ -35,7 +36,7 @@ pub struct SuppressParams {
     pub opt_end: f64,
     /// ITO iterations per step (`iter_each_step`, 10).
     pub opt_iters: usize,
-    /// ITO step scale (20 for generated images).
+    /// ITO step scale (20 for generated images, 5 for real photos).
     pub opt_scale: f64,
     /// Run ITO (false: SWR only).
     pub optimize: bool,
@@ -45,6 +46,11 @@ impl SuppressParams {
     /// The reference's defaults for suppressing `words`.
     pub fn new(words: impl Into<String>) -> Self {
         Self { words: words.into(), alpha: 1.0, start: 0.2, opt_end: 0.4, opt_iters: 10, opt_scale: 20.0, optimize: true }
+    }
+
+    /// The reference's defaults for a real photo: ITO step scale 5 instead of 20.
+    pub fn for_real_image(words: impl Into<String>) -> Self {
+        Self { opt_scale: 5.0, ..Self::new(words) }
     }
 
     fn check(&self) -> Result<(), SuppressError> {
@@ -98,6 +104,10 @@ pub struct SuppressTxt2Img {
     rng: NoiseRng,
     last_embedding: Tensor<3>,
     last_losses: Vec<Tensor<1>>,
+    /// Heatmaps of the original and the suppressed branch, when enabled.
+    heatmaps: Option<[HeatmapAccumulator; 2]>,
+    /// `[N, 77, D]` per step, replacing `uncond` (null-text inversion of a real photo).
+    uncond_steps: Vec<Tensor<3>>,
 }
 
 impl SuppressTxt2Img {
@@ -158,6 +168,8 @@ impl SuppressTxt2Img {
             step: 0,
             rng,
             last_losses: Vec::new(),
+            heatmaps: None,
+            uncond_steps: Vec::new(),
         })
     }
 
@@ -207,6 +219,35 @@ impl SuppressTxt2Img {
         &self.last_losses
     }
 
+    /// Uses one unconditional embedding per step instead of the negative prompt's (null-text
+    /// inversion's optimised embeddings, `[N, 77, D]` each, for both branches). Needs
+    /// classifier-free guidance and exactly [`Self::num_steps`] embeddings.
+    pub fn set_uncond_per_step(&mut self, uncond: Vec<Tensor<3>>) -> Result<(), Error> {
+        let Some(u) = &self.uncond else {
+            return Err(Error::Input("per-step unconditional embeddings need classifier-free guidance (--guidance > 1)".into()));
+        };
+        if uncond.len() != self.num_steps() {
+            return Err(Error::Input(format!("{} unconditional embeddings for {} steps: invert with the same number of steps", uncond.len(), self.num_steps())));
+        }
+        if let Some(bad) = uncond.iter().find(|t| t.dims() != u.dims()) {
+            return Err(Error::Input(format!("unconditional embeddings must have shape {:?}, got {:?}", u.dims(), bad.dims())));
+        }
+        self.uncond_steps = uncond;
+        Ok(())
+    }
+
+    /// From the next step on, accumulates per-token cross-attention heatmaps of both branches
+    /// (all heads, the layers of [`Self::layers`]; see [`super::heatmaps`]). Before suppression
+    /// starts the branches share one UNet pass, so they get the same maps there.
+    pub fn enable_heatmaps(&mut self) {
+        self.heatmaps = Some([HeatmapAccumulator::new(self.layers.clone()), HeatmapAccumulator::new(self.layers.clone())]);
+    }
+
+    /// `(original, suppressed)` heatmaps accumulated so far (`None` unless enabled).
+    pub fn heatmaps(&self) -> Option<(&HeatmapAccumulator, &HeatmapAccumulator)> {
+        self.heatmaps.as_ref().map(|[o, s]| (o, s))
+    }
+
     /// The scheduler driving both branches.
     pub fn scheduler(&self) -> &dyn Scheduler {
         self.scheduler.as_ref()
@@ -240,17 +281,26 @@ impl SuppressTxt2Img {
         // prediction serves both.
         let shared = i < self.params.swr_start(total);
         let (input, cond) = if shared { (input.narrow(0, 0, n), self.cond.clone()) } else { (input, Tensor::cat(vec![self.cond.clone(), e], 0)) };
-        let eps = match &self.uncond {
+        let mut capture = self.heatmaps.as_ref().map_or_else(UNetCapture::none, |[o, _]| o.capture());
+        // batch rows of the conditional passes: [original, suppressed] (one shared block before SWR)
+        let cond_start = if self.uncond.is_some() { input.dims()[0] } else { 0 };
+        let step_uncond = self.uncond_steps.get(i).cloned().or_else(|| self.uncond.clone());
+        let eps = match &step_uncond {
             Some(u) => {
                 let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
                 let ctx = Tensor::cat(vec![uncond, cond], 0);
-                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut UNetCapture::none());
+                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut capture);
                 let mut halves = eps.chunk(2, 0).into_iter();
                 let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
                 uncond.clone() + (cond - uncond) * self.guidance
             }
-            None => sd.unet.forward(input, &[t], cond, &mut UNetCapture::none()),
+            None => sd.unet.forward(input, &[t], cond, &mut capture),
         };
+        if let Some([o, s]) = &mut self.heatmaps {
+            let supp = if shared { cond_start } else { cond_start + n };
+            o.add(&capture, cond_start..cond_start + n);
+            s.add(&capture, supp..supp + n);
+        }
         let eps = if shared { Tensor::cat(vec![eps.clone(), eps], 0) } else { eps };
         let noise = self.scheduler.needs_noise().then(|| {
             let [_, c, h, w] = self.latents.dims();

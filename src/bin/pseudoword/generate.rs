@@ -7,8 +7,8 @@ use clap::Args;
 use pseudoword::error::Error;
 use pseudoword::native::{read_f32_tensor, select_device};
 use pseudoword::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
-use pseudoword::pipeline::{GenerateParams, Generated, generate};
-use pseudoword::suppress::pipeline::generate_suppressed;
+use pseudoword::pipeline::{GenerateParams, Generated, Txt2Img, decode_latents};
+use pseudoword::suppress::SuppressTxt2Img;
 use pseudoword::schedulers::{PredictionType, SchedulerKind, TimestepSpacing};
 use safetensors::Dtype;
 
@@ -59,6 +59,10 @@ pub struct GenerateArgs {
     /// Also write `image` F32 [N,H,W,3] in [0,1] and `latents` (final) to this safetensors file.
     #[arg(long)]
     pub out_tensor: Option<PathBuf>,
+    /// Write per-token cross-attention heatmaps (averaged over the steps) to this folder:
+    /// NN-TOKEN.png overlays, strip.png and maps.json (with --suppress: original/ and suppressed/).
+    #[arg(long, value_name = "DIR")]
+    pub attention_maps: Option<PathBuf>,
     #[command(flatten)]
     pub suppress: crate::suppress::GenerateSuppress,
 }
@@ -106,13 +110,38 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
         true
     };
     let suppress = a.suppress.params();
-    let (out, original) = match &suppress {
-        None => (generate(&sd, &p, latents, &mut |d, t, _| on_step(d, t))?, None),
+    let want_maps = a.attention_maps.is_some();
+    let (out, original, heatmaps) = match &suppress {
+        None => {
+            let mut run = Txt2Img::new(&sd, &p, latents)?;
+            if want_maps {
+                run.enable_heatmaps(&sd)?;
+            }
+            let total = run.num_steps();
+            while !run.is_done() {
+                run.step(&sd)?;
+                on_step(run.steps_done(), total);
+            }
+            let maps = run.heatmaps().map(|m| vec![(None, m.clone())]);
+            let latents = run.latents();
+            (Generated { image: decode_latents(&sd, latents.clone()), latents, num_steps: total }, None, maps)
+        }
         Some(s) => {
-            let r = pollster::block_on(generate_suppressed(&sd, &p, s, latents, &mut on_step))?;
+            let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, s, latents))?;
+            if want_maps {
+                run.enable_heatmaps();
+            }
+            let total = run.num_steps();
+            while !run.is_done() {
+                pollster::block_on(run.step(&sd))?;
+                on_step(run.steps_done(), total);
+            }
+            let maps = run.heatmaps().map(|(o, s)| vec![(Some("original"), o.clone()), (Some("suppressed"), s.clone())]);
             let n = p.num_images;
-            let suppressed = r.latents.clone().narrow(0, n, n);
-            (Generated { image: r.image, latents: suppressed, num_steps: r.num_steps }, Some((r.original_image, r.tokens)))
+            let images = decode_latents(&sd, run.latents());
+            let suppressed = run.latents().narrow(0, n, n);
+            let out = Generated { image: images.clone().narrow(0, n, n), latents: suppressed, num_steps: total };
+            (out, Some((images.narrow(0, 0, n), run.tokens().clone())), maps)
         }
     };
     let [n, h, w, c] = out.image.dims();
@@ -144,13 +173,32 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
     };
     let written = write_pngs(&image, &a.out, &params)?;
     let mut original_json = None;
-    if let Some((original, tokens)) = original {
+    if let Some((original, tokens)) = &original {
         let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
         let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
         let base = a.out.with_file_name(format!("{stem}-original.{ext}"));
         let plain = A1111Parameters { extra: vec![], ..params.clone() };
-        let files = write_pngs(&read_f32(original)?, &base, &plain)?;
+        let files = write_pngs(&read_f32(original.clone())?, &base, &plain)?;
         original_json = Some(serde_json::json!({ "original": files, "target_positions": tokens.target }));
+    }
+    let mut maps_json = None;
+    if let (Some(dir), Some(maps)) = (&a.attention_maps, heatmaps) {
+        let original_rgb = match &original {
+            Some((o, _)) => Some(read_f32(o.clone())?),
+            None => None,
+        };
+        let branches = maps
+            .into_iter()
+            .map(|(sub, acc)| {
+                let rgb = match (sub, &original_rgb) {
+                    (Some("original"), Some(o)) => o.clone(),
+                    _ => image.clone(),
+                };
+                (sub, acc, rgb)
+            })
+            .collect();
+        crate::heatmaps::write_branches(dir, &sd, &p.prompt, branches, [w, h])?;
+        maps_json = Some(dir.display().to_string());
     }
     if let Some(t) = &a.out_tensor {
         let ld = out.latents.dims();
@@ -174,6 +222,9 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
     });
     if let Some(o) = original_json {
         json["suppress"] = o;
+    }
+    if let Some(d) = maps_json {
+        json["attention_maps"] = d.into();
     }
     println!("{json}");
     Ok(())

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod convert;
+mod edit;
 mod generate;
+mod heatmaps;
 mod train;
 mod suppress;
 use pseudoword::error::Error;
@@ -47,6 +49,8 @@ pub(crate) struct Common {
 enum Command {
     /// Text to image: writes a PNG with AUTOMATIC1111 `parameters` (and optionally tensors).
     Generate(Box<generate::GenerateArgs>),
+    /// SuppressEOT on a photo: DDIM + null-text inversion, then suppress words of the prompt; writes the edit and the reconstruction.
+    Edit(Box<edit::EditArgs>),
     /// Textual inversion: learn a pseudo-word from photos (or replay recorded batches); one JSON line per step.
     Train(Box<train::TrainArgs>),
     /// Convert a textual-inversion embedding between diffusers and AUTOMATIC1111 formats; prints one JSON line.
@@ -99,6 +103,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Tokenize { common, prompt } => tokenize(&common, &prompt),
         Command::Generate(args) => generate::run(*args),
         Command::Train(args) => train::run(*args),
+        Command::Edit(args) => edit::run(*args),
         Command::Bench { what } => bench::run(what),
         Command::ConvertEmbedding(args) => convert::run(args),
         Command::Encode { common, prompt, out, variant, all_hidden_states, suppress } => {

@@ -60,17 +60,22 @@ pub struct GenerateSuppress {
     /// ITO iterations per step.
     #[arg(long, default_value_t = 10, requires = "suppress")]
     pub suppress_opt_iters: usize,
-    /// ITO step scale (20 for generated images).
-    #[arg(long, default_value_t = 20.0, requires = "suppress")]
-    pub suppress_opt_scale: f64,
+    /// ITO step scale [default: 20 for generated images, 5 for photo edits].
+    #[arg(long, requires = "suppress")]
+    pub suppress_opt_scale: Option<f64>,
     /// SWR only, no ITO (much cheaper).
     #[arg(long, requires = "suppress")]
     pub suppress_opt_off: bool,
 }
 
 impl GenerateSuppress {
-    /// The library settings, when `--suppress` was given.
+    /// The library settings for generated images, when `--suppress` was given.
     pub fn params(&self) -> Option<SuppressParams> {
+        self.params_with_scale(20.0)
+    }
+
+    /// The library settings with ITO step scale `default_scale` unless given.
+    pub fn params_with_scale(&self, default_scale: f64) -> Option<SuppressParams> {
         let words = self.suppress.clone()?;
         Some(SuppressParams {
             words,
@@ -78,7 +83,7 @@ impl GenerateSuppress {
             start: self.suppress_start,
             opt_end: self.suppress_opt_end,
             opt_iters: self.suppress_opt_iters,
-            opt_scale: self.suppress_opt_scale,
+            opt_scale: self.suppress_opt_scale.unwrap_or(default_scale),
             optimize: !self.suppress_opt_off,
         })
     }

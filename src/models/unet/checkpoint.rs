@@ -10,6 +10,8 @@
 //! Same numbers as plain autodiff through [`UNet2DConditionModel::forward`] (same ops, other
 //! summation order for the accumulated `ehs` gradient).
 
+use std::collections::HashMap;
+
 use burn::tensor::Tensor;
 
 use super::{DownBlock, MidBlock, UNet2DConditionModel, UpBlock};
@@ -110,6 +112,21 @@ impl UNet2DConditionModel {
     /// [`Self::forward`] without an autodiff graph (inputs are taken off autodiff), keeping what
     /// [`UNetTape::backward_ehs`] needs. Returns the prediction `[batch, out_channels, h, w]`.
     pub fn forward_checkpointed(&self, sample: Tensor<4>, timesteps: &[f64], encoder_hidden_states: Tensor<3>) -> (Tensor<4>, UNetTape<'_>) {
+        self.forward_checkpointed_capture(sample, timesteps, encoder_hidden_states, &mut AttnCapture::default())
+    }
+
+    /// [`Self::forward_checkpointed`] that also captures the attention probabilities of
+    /// `capture.paths` (plain tensors, no graph) and, when there are any, stops right after the
+    /// transformer that completes them (as [`super::UNetCapture::with_stop_after`]; the returned
+    /// tensor is then that transformer's output). Differentiate a loss on the probabilities
+    /// with [`UNetTape::backward_ehs_with_probs`].
+    pub fn forward_checkpointed_capture(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f64],
+        encoder_hidden_states: Tensor<3>,
+        capture: &mut AttnCapture,
+    ) -> (Tensor<4>, UNetTape<'_>) {
         let sample = sample.inner();
         let ehs = encoder_hidden_states.inner();
         let [batch, _, height, width] = sample.dims();
@@ -147,8 +164,15 @@ impl UNet2DConditionModel {
                     tape.up_sizes.push(size);
                     tape.apply(op, x, &tape.ehs.clone(), size)
                 }
+                Op::Transformer(t) if !capture.paths.is_empty() => t.forward(x, &tape.ehs.clone(), capture),
                 _ => tape.apply(op, x, &tape.ehs.clone(), None),
             };
+            if !capture.paths.is_empty() && matches!(op, Op::Transformer(t) if transformer_paths(t).iter().any(|p| capture.wants(p))) && capture.paths.iter().all(|p| capture.probs.contains_key(p)) {
+                let mut ops = ops;
+                ops.truncate(k + 1);
+                tape.ops = ops;
+                return (x, tape);
+            }
         }
         tape.ops = ops;
         (x, tape)
@@ -172,7 +196,16 @@ impl UNetTape<'_> {
 
     /// d(sum(prediction * g_out)) / d encoder_hidden_states: `g_out` `[batch, out_channels, h,
     /// w]` -> `[batch, keys, cross_attention_dim]` (a plain tensor, no graph).
-    pub fn backward_ehs(mut self, g_out: Tensor<4>) -> Tensor<3> {
+    pub fn backward_ehs(self, g_out: Tensor<4>) -> Tensor<3> {
+        self.backward_ehs_with_probs(g_out, &HashMap::new())
+    }
+
+    /// d(sum(prediction * g_out) + sum_p sum(probs[p] * g_probs[p])) / d encoder_hidden_states:
+    /// [`Self::backward_ehs`] plus gradients on attention probabilities captured by
+    /// [`UNet2DConditionModel::forward_checkpointed_capture`] (`g_probs[path]`: `[batch, heads,
+    /// queries, keys]`). A transformer holding such a path is re-run on the autodiff device with
+    /// its probabilities in the graph; the others use their memory-efficient VJP.
+    pub fn backward_ehs_with_probs(mut self, g_out: Tensor<4>, g_probs: &HashMap<String, Tensor<4>>) -> Tensor<3> {
         let ops = std::mem::take(&mut self.ops);
         let first_tf = ops.iter().position(|o| matches!(o, Op::Transformer(_))).unwrap_or(ops.len());
         let mut g = g_out.inner();
@@ -205,7 +238,28 @@ impl UNetTape<'_> {
                         None
                     };
                     let x = self.inputs[k].take().expect("input kept for every re-run op");
-                    if let Op::Transformer(t) = op {
+                    let probed: Vec<String> = match op {
+                        Op::Transformer(t) => transformer_paths(t).into_iter().filter(|p| g_probs.contains_key(p)).collect(),
+                        _ => Vec::new(),
+                    };
+                    if let (Op::Transformer(t), false) = (op, probed.is_empty()) {
+                        let x = x.autodiff().require_grad();
+                        let ehs = self.ehs.clone().autodiff().require_grad();
+                        let mut cap = AttnCapture::of(probed.iter().cloned());
+                        let out = t.forward(x.clone(), &ehs, &mut cap);
+                        let mut surrogate = (out * g.clone().autodiff()).sum();
+                        for p in &probed {
+                            let probs = cap.probs.remove(p).expect("the re-run captured the path");
+                            surrogate = surrogate + (probs * g_probs[p].clone().autodiff()).sum();
+                        }
+                        let grads = surrogate.backward();
+                        let ge = ehs.grad(&grads).unwrap_or_else(|| self.ehs.zeros_like());
+                        g_ehs = Some(match g_ehs {
+                            Some(acc) => acc + ge,
+                            None => ge,
+                        });
+                        g = x.grad(&grads).expect("the hidden state reaches the output");
+                    } else if let Op::Transformer(t) = op {
                         // memory-efficient: attention differentiated one query chunk at a time
                         let (gx, ge) = t.vjp(x, &self.ehs, g);
                         g_ehs = Some(match g_ehs {
@@ -224,4 +278,9 @@ impl UNetTape<'_> {
         }
         g_ehs.unwrap_or_else(|| self.ehs.zeros_like())
     }
+}
+
+/// The attention paths (`attn1`, `attn2` of every block) of a transformer.
+fn transformer_paths(t: &Transformer2DModel) -> Vec<String> {
+    t.transformer_blocks.iter().flat_map(|b| [b.attn1.path.clone(), b.attn2.path.clone()]).collect()
 }

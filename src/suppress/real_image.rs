@@ -1,0 +1,129 @@
+//! SuppressEOT on a real photo (the reference's real-image script): encode the photo, DDIM
+//! inversion with the prompt, null-text inversion ([`super::inversion`]), then the two-branch
+//! run ([`SuppressTxt2Img`]) from the inverted latent with the per-step optimised unconditional
+//! embeddings and the real-image ITO step scale ([`SuppressParams::for_real_image`]: 5). The
+//! original branch of that run is the reconstruction of the photo.
+//!
+//! Stepwise use (the browser): [`invert_photo`] (progress per step), then
+//! [`SuppressTxt2Img::from_inverted`] and `step()` as for generated images.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::inversion::{InversionParams, NullText, ddim_invert, ddim_scheduler, encode_image, null_text_optimization};
+use super::pipeline::{SuppressParams, SuppressTxt2Img};
+use super::swr::SuppressTokens;
+use crate::error::Error;
+use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
+use crate::schedulers::SchedulerKind;
+use crate::train::photos::PreparedPhoto;
+
+/// A photo inverted for editing.
+#[derive(Clone, Debug)]
+pub struct InvertedPhoto {
+    /// `[x_0, ..., x_S]`, each `[1, C, h, w]`: `x_0` the encoded photo, `x_S` the start of the edit.
+    pub latents: Vec<Tensor<4>>,
+    /// The optimised unconditional embeddings, one per step.
+    pub null_text: NullText,
+}
+
+/// `[1, 3, R, R]` pixels in [-1, 1] of a prepared photo.
+pub fn photo_tensor(photo: &PreparedPhoto, device: &Device) -> Tensor<4> {
+    let (w, h) = photo.image.dimensions();
+    Tensor::from_data(TensorData::new(photo.pixels(false), [1, 3, h as usize, w as usize]), device)
+}
+
+fn check(p: &GenerateParams, pixels: &Tensor<4>) -> Result<(), Error> {
+    let [n, c, h, w] = pixels.dims();
+    if n != 1 || c != 3 || h != p.height || w != p.width {
+        return Err(Error::Input(format!("the photo tensor must be [1, 3, {}, {}] (prepare it at the edit's size), got {:?}", p.height, p.width, pixels.dims())));
+    }
+    if p.num_images != 1 {
+        return Err(Error::Input("a photo edit makes one image: set the number of images to 1".into()));
+    }
+    if !p.do_cfg() {
+        return Err(Error::Input("null-text inversion needs classifier-free guidance: use --guidance > 1 (7.5 is the reference's)".into()));
+    }
+    if !matches!(p.scheduler, None | Some(SchedulerKind::Ddim)) {
+        return Err(Error::Input(format!("photo edits use DDIM (the inversion is DDIM's), not {}", p.scheduler.map(|k| k.to_string()).unwrap_or_default())));
+    }
+    Ok(())
+}
+
+/// Encodes `pixels` (`[1, 3, H, W]` in [-1, 1], `H x W` = the edit's size), DDIM-inverts it with
+/// `p.prompt` and runs null-text inversion starting from `p.negative_prompt`'s embedding.
+/// `on_step(done, total)` after each null-text step; false cancels.
+pub async fn invert_photo(
+    sd: &StableDiffusion,
+    pixels: Tensor<4>,
+    p: &GenerateParams,
+    inv: &InversionParams,
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<InvertedPhoto, Error> {
+    check(p, &pixels)?;
+    let mut sched = ddim_scheduler(sd, &p.overrides, p.steps)?;
+    let (_, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false)?;
+    let [_, seq, d] = out.last_hidden_state.dims();
+    let uncond = out.last_hidden_state.clone().slice([0..1, 0..seq, 0..d]);
+    let cond = out.last_hidden_state.slice([1..2, 0..seq, 0..d]);
+    let latent = encode_image(sd, pixels);
+    let latents = ddim_invert(sd, sched.as_ref(), latent, cond.clone());
+    let null_text = null_text_optimization(sd, sched.as_mut(), &latents, uncond, cond, p.guidance, inv, on_step).await?;
+    Ok(InvertedPhoto { latents, null_text })
+}
+
+impl SuppressTxt2Img {
+    /// The two-branch run that edits an inverted photo: DDIM from `x_S` with the per-step
+    /// unconditional embeddings (`p` must be the parameters the photo was inverted with).
+    pub async fn from_inverted(sd: &StableDiffusion, p: &GenerateParams, s: &SuppressParams, inverted: &InvertedPhoto) -> Result<Self, Error> {
+        let mut p = p.clone();
+        p.scheduler = Some(SchedulerKind::Ddim);
+        let start = inverted.latents.last().cloned().ok_or_else(|| Error::Input("the inverted photo has no latents".into()))?;
+        let mut run = Self::new(sd, &p, s, Some(start)).await?;
+        run.set_uncond_per_step(inverted.null_text.uncond.clone())?;
+        Ok(run)
+    }
+}
+
+/// Result of [`edit_photo`].
+pub struct PhotoEdit {
+    /// `[1, H, W, 3]` in [0, 1]: the photo with the words suppressed.
+    pub image: Tensor<4>,
+    /// `[1, H, W, 3]` in [0, 1]: the original branch, i.e. the photo reconstructed from its inversion.
+    pub reconstruction: Tensor<4>,
+    /// Final latents `[2, C, h, w]` (reconstruction, edit).
+    pub latents: Tensor<4>,
+    pub inverted: InvertedPhoto,
+    pub tokens: SuppressTokens,
+}
+
+/// Inverts `pixels` and runs the suppressed edit. `on_step(phase, done, total)` with phase
+/// `"inversion"` then `"edit"`; false cancels.
+pub async fn edit_photo(
+    sd: &StableDiffusion,
+    pixels: Tensor<4>,
+    p: &GenerateParams,
+    s: &SuppressParams,
+    inv: &InversionParams,
+    on_step: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<PhotoEdit, Error> {
+    // check the words before the (long) inversion
+    let toks = sd.prompt.tokenize(&p.prompt);
+    super::swr::locate_words(&sd.prompt.tokenizer, &toks, &s.words)?;
+    let inverted = invert_photo(sd, pixels, p, inv, &mut |d, t| on_step("inversion", d, t)).await?;
+    let mut run = SuppressTxt2Img::from_inverted(sd, p, s, &inverted).await?;
+    let total = run.num_steps();
+    while !run.is_done() {
+        run.step(sd).await?;
+        if !on_step("edit", run.steps_done(), total) {
+            return Err(Error::Cancelled);
+        }
+    }
+    let images = decode_latents(sd, run.latents());
+    Ok(PhotoEdit {
+        image: images.clone().narrow(0, 1, 1),
+        reconstruction: images.narrow(0, 0, 1),
+        latents: run.latents(),
+        inverted,
+        tokens: run.tokens().clone(),
+    })
+}
