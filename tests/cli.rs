@@ -5,28 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::cli::{ids, json, pw};
 use common::reference_clip::RefClip;
 use common::sd2::{sd2_style_folder, sd2_style_full_folder};
 use common::*;
-
-fn pw(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_pseudoword")).args(args).output().unwrap();
-    if !out.status.success() {
-        eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    out
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "command failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
-}
 
 #[test]
 fn tokenize_prints_pipeline_ids_and_tokens() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+pub mod cli;
 pub mod reference_clip;
 pub mod sd2;
 
