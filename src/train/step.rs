@@ -65,6 +65,15 @@ pub fn text_encoder_from_embeddings(text_encoder: &CLIPTextModel, token_embeds: 
     tm.final_layer_norm.forward(x)
 }
 
+/// What the UNet is trained to predict: the noise (`epsilon`) or the velocity
+/// (`v_prediction`), `[B, C, h, w]`.
+fn training_target(alphas_cumprod: &[f64], prediction_type: PredictionType, batch: &Batch) -> Tensor<4> {
+    match prediction_type {
+        PredictionType::VPrediction => velocity(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps),
+        _ => batch.noise.clone(),
+    }
+}
+
 /// The textual-inversion loss `mean((unet(noisy, t, ehs) - target)^2)` as a `[1]` tensor in
 /// the autodiff graph of `rows`, where `noisy = sqrt(acp[t]) x + sqrt(1 - acp[t]) n`,
 /// `ehs = text_encoder(input_ids)` with the placeholder rows substituted, and `target` the noise
@@ -85,10 +94,7 @@ pub fn diffusion_loss(
     let noisy = add_noise_ddpm(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
     let t: Vec<f64> = batch.timesteps.iter().map(|&t| t as f64).collect();
     let pred = unet.forward(noisy, &t, ehs, &mut UNetCapture::none());
-    let target = match prediction_type {
-        PredictionType::VPrediction => velocity(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps),
-        _ => batch.noise.clone(),
-    };
+    let target = training_target(alphas_cumprod, prediction_type, batch);
     let diff = pred - target;
     (diff.clone() * diff).mean()
 }
@@ -113,10 +119,7 @@ pub fn diffusion_loss_checkpointed(
     let noisy = add_noise_ddpm(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps);
     let t: Vec<f64> = batch.timesteps.iter().map(|&t| t as f64).collect();
     let (pred, tape) = unet.forward_checkpointed(noisy, &t, ehs.clone());
-    let target = match prediction_type {
-        PredictionType::VPrediction => velocity(alphas_cumprod, batch.latents.clone(), batch.noise.clone(), &batch.timesteps),
-        _ => batch.noise.clone(),
-    };
+    let target = training_target(alphas_cumprod, prediction_type, batch);
     let diff = pred - target.inner();
     let n = diff.shape().num_elements() as f64;
     let loss = (diff.clone() * diff.clone()).mean();
