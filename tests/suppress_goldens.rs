@@ -314,9 +314,10 @@ fn checkpointed_ito_gradient_matches_autodiff() {
     let unet = UNet2DConditionModel::from_map(&c, &mut map);
     let layers = MapLayers::for_unet(&unet, [16, 16]).unwrap();
     assert_eq!(layers.size, [4, 4]);
-    let sample = Tensor::<4>::random([1, 4, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let c0 = Tensor::<3>::random([1, 77, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let e = c0.clone() + Tensor::<3>::random([1, 77, 32], burn::tensor::Distribution::Normal(0.0, 0.3), &device);
+    let mut rng = Rng(0x170_c4e0);
+    let sample = Tensor::<4>::from_data(TensorData::new(rng.vec(4 * 16 * 16, 1.0), [1, 4, 16, 16]), &device);
+    let c0 = Tensor::<3>::from_data(TensorData::new(rng.vec(77 * 32, 1.0), [1, 77, 32]), &device);
+    let e = c0.clone() + Tensor::<3>::from_data(TensorData::new(rng.vec(77 * 32, 0.3), [1, 77, 32]), &device);
     let target = pollster::block_on(ItoTarget::new(&unet, &layers, &tokens, sample.clone(), 500.0, c0)).unwrap();
     let (l1, g1) = target.loss_and_grad(&unet, sample.clone(), 500.0, e.clone());
     let (l2, g2) = target.loss_and_grad_autodiff(&unet, sample, 500.0, e);
@@ -325,4 +326,28 @@ fn checkpointed_ito_gradient_matches_autodiff() {
     let max = g2.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(max > 0.0, "gradient is zero");
     assert_close("sd1-shaped: checkpointed grad vs autodiff", &g1, &g2, 1e-4 * max);
+}
+
+/// `SuppressParams::checkpoint` only changes how ITO's gradient is computed, not the result.
+#[test]
+fn checkpointing_off_gives_the_same_run() {
+    let device = Device::flex();
+    let sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
+    let mut p = GenerateParams::new(PROMPT, &sd);
+    (p.steps, p.width, p.height, p.seed) = (5, 64, 64, 9);
+    p.scheduler = Some(SchedulerKind::Ddim);
+    let run = |checkpoint: bool| {
+        let mut s = SuppressParams::new("glasses");
+        (s.opt_iters, s.checkpoint) = (3, checkpoint);
+        let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &s, None)).unwrap();
+        let mut ito = 0;
+        while !run.is_done() {
+            pollster::block_on(run.step(&sd)).unwrap();
+            ito += run.last_losses().len();
+        }
+        assert_eq!(ito, 3);
+        f32s(run.latents())
+    };
+    let (a, b) = (run(true), run(false));
+    assert_close("checkpointed vs autodiff ITO run", &a, &b, 1e-4);
 }
