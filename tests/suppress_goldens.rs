@@ -153,8 +153,13 @@ fn masks_loss_gradient_and_updates_match_reference() {
     assert_close("text_embeddings_after_all_iters", &f32s(e), &g.get("text_embeddings_after_all_iters").f, 2e-5);
 }
 
-#[test]
-fn end_to_end_run_matches_reference() {
+/// The end-to-end run (50 DDIM steps, SWR from step 10, ITO at steps 10..19) in three segments
+/// that run in parallel: steps 0..=10 from the golden start, 11..=20 from the golden latents
+/// after step 10, 21..=49 from those after step 20. ITO restarts from SWR(c) at every step
+/// and DDIM keeps no history, so the latents are the whole state between segments
+/// ([`SuppressTxt2Img::resume_at`]); each segment is checked against the reference's
+/// uninterrupted run.
+fn end_to_end_segment(from: Option<usize>, to: usize) {
     let device = Device::flex();
     let sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
     let g = golden();
@@ -166,15 +171,20 @@ fn end_to_end_run_matches_reference() {
     let latent = tensor::<4>(g.get("latent"), &device);
     let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &s, Some(latent))).unwrap();
     assert_eq!(run.num_steps(), 50);
+    if let Some(k) = from {
+        let saved = tensor::<4>(g.get(&format!("full_latents_after_step_{k}")), &device);
+        run.resume_at(k + 1, saved).unwrap();
+    }
     let erase = g.get("full_erase_embeddings_steps_10_to_19");
     let per = 77 * 32;
+    // from the golden start the error accumulates; each later segment starts afresh
     let atol = |k: usize| match k {
         9 | 10 => 3e-4,
         19 => 5e-4,
         20 => 6e-4,
         _ => 2e-3,
     };
-    for k in 0..50 {
+    for k in from.map_or(0, |k| k + 1)..=to {
         pollster::block_on(run.step(&sd)).unwrap();
         if (10..20).contains(&k) {
             assert_eq!(run.last_losses().len(), 10, "step {k}");
@@ -187,6 +197,41 @@ fn end_to_end_run_matches_reference() {
             assert_close(&format!("full_latents_after_step_{k}"), &f32s(run.latents()), &g.get(&format!("full_latents_after_step_{k}")).f, atol(k));
         }
     }
+    assert_eq!(run.is_done(), to == 49);
+}
+
+#[test]
+fn end_to_end_steps_0_to_10_match_reference() {
+    end_to_end_segment(None, 10);
+}
+
+#[test]
+fn end_to_end_steps_11_to_20_match_reference() {
+    end_to_end_segment(Some(10), 20);
+}
+
+#[test]
+fn end_to_end_steps_21_to_49_match_reference() {
+    end_to_end_segment(Some(20), 49);
+}
+
+#[test]
+fn resume_at_refuses_schedulers_with_history() {
+    let device = Device::flex();
+    let sd = load_stable_diffusion(&tiny_sd1(), None, &device).unwrap();
+    let mut p = GenerateParams::new(PROMPT, &sd);
+    (p.steps, p.width, p.height) = (4, 64, 64);
+    p.scheduler = Some(SchedulerKind::Pndm);
+    let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &SuppressParams::new("glasses"), None)).unwrap();
+    let err = run.resume_at(2, run.latents()).unwrap_err().to_string();
+    assert!(err.contains("PNDMScheduler"), "{err}");
+    p.scheduler = Some(SchedulerKind::Ddim);
+    let mut run = pollster::block_on(SuppressTxt2Img::new(&sd, &p, &SuppressParams::new("glasses"), None)).unwrap();
+    assert!(run.resume_at(5, run.latents()).is_err(), "more steps than the run has");
+    assert!(run.resume_at(2, run.latents().narrow(0, 0, 1)).is_err(), "wrong shape");
+    run.resume_at(3, run.latents()).unwrap();
+    pollster::block_on(run.step(&sd)).unwrap();
+    assert!(run.is_done());
 }
 
 /// Every scheduler, a negative prompt, 2 images and a 2-vector pseudo-word as the negative

@@ -253,6 +253,10 @@ impl Scheduler for DPMSolverMultistepScheduler {
         &self.config
     }
 
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "DPMSolverMultistepScheduler"
     }

@@ -122,6 +122,10 @@ impl Scheduler for LMSDiscreteScheduler {
         &self.config
     }
 
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "LMSDiscreteScheduler"
     }

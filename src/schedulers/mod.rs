@@ -236,6 +236,12 @@ pub trait Scheduler {
         false
     }
 
+    /// Whether [`Scheduler::step`] uses the model outputs of earlier steps (PNDM, DPM-Solver
+    /// multistep, LMS): such a run cannot continue from saved latents alone.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
     /// One denoising step at `step_index` from the model output (`[b, c, h, w]`, what the UNet
     /// predicted for `scale_model_input(sample)`, after guidance) and the current `sample`.
     /// `noise` (standard normal, same shape) is required when [`Scheduler::needs_noise`].

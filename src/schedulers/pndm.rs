@@ -215,6 +215,10 @@ impl Scheduler for PNDMScheduler {
         &self.config
     }
 
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "PNDMScheduler"
     }

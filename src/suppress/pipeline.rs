@@ -256,6 +256,26 @@ impl SuppressTxt2Img {
         self.scheduler.as_ref()
     }
 
+    /// Continues a run from saved latents `[2N, C, h, w]` (original x N, suppressed x N) taken
+    /// after `steps_done` steps of a run with the same parameters. ITO restarts from SWR(c) at
+    /// every step, so the latents are the whole state, unless the scheduler keeps a history of
+    /// model outputs (PNDM, DPM-Solver++, LMS) or draws noise (Euler ancestral): those are
+    /// refused.
+    pub fn resume_at(&mut self, steps_done: usize, latents: Tensor<4>) -> Result<(), Error> {
+        if self.scheduler.keeps_history() || self.scheduler.needs_noise() {
+            return Err(Error::Input(format!("{} cannot continue from saved latents (it keeps state between steps)", self.scheduler.name())));
+        }
+        if steps_done > self.num_steps() {
+            return Err(Error::Input(format!("{steps_done} steps done, but the run has {}", self.num_steps())));
+        }
+        if latents.dims() != self.latents.dims() {
+            return Err(Error::Input(format!("latents must have shape {:?}, got {:?}", self.latents.dims(), latents.dims())));
+        }
+        self.latents = latents;
+        self.step = steps_done;
+        Ok(())
+    }
+
     /// Runs one step: the suppressed branch's embedding (c, SWR(c), or ITO from SWR(c)), then one
     /// batched UNet call for both branches (and CFG), guidance, scheduler step.
     pub async fn step(&mut self, sd: &StableDiffusion) -> Result<(), Error> {

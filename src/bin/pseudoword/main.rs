@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use burn::tensor::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the CPU backend allocates and frees many
+/// activation-sized buffers per step; glibc returns large ones to the OS every time (a page
+/// fault per 4 KiB on the next use). Measured on the tiny ITO pass: 9.4 s -> 6.0 s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod convert;
 mod edit;
