@@ -44,6 +44,7 @@ function updateControls() {
   $("weights").disabled = busy;
   $("encode-button").disabled = !api.info || busy;
   $("generate-button").disabled = !canGenerate() || busy;
+  $("edit-button").disabled = !canGenerate() || busy;
   $("cancel-button").disabled = api.state !== "generating" || cancelRequested;
 }
 
@@ -613,6 +614,7 @@ function readGenerationForm() {
     if (!Number.isInteger(iters) || iters < 1 || iters > 50) throw new Error(`ITO iterations must be a whole number from 1 to 50 (got ${JSON.stringify($("gen-suppress-iters").value)}).`);
     Object.assign(params, { suppress, suppress_alpha: alpha, suppress_opt_off: !$("gen-suppress-opt").checked, suppress_opt_iters: iters });
   }
+  if ($("gen-heatmaps").checked) params.heatmaps = true;
   const seedText = $("gen-seed").value.trim();
   if (seedText !== "") {
     const seed = Number(seedText);
@@ -639,6 +641,14 @@ function onGenerateProgress(msg) {
     $("gen-status").textContent = cancelRequested
       ? `Step ${msg.done} / ${msg.total}: cancelling after the current step…`
       : `Step ${msg.done} / ${msg.total}, ${eta} (elapsed ${fmtDuration(msg.elapsed_ms)}${seed})`;
+  } else if (msg.stage === "invert") {
+    setGeneration({ inversion: { done: msg.done, total: msg.total } });
+    const bar = $("gen-progress");
+    bar.max = Math.max(1, msg.total);
+    bar.value = msg.done;
+    $("gen-status").textContent = cancelRequested
+      ? `Inverting the photo: step ${msg.done} / ${msg.total}: cancelling…`
+      : `Inverting the photo (null-text inversion): step ${msg.done} / ${msg.total}, elapsed ${fmtDuration(msg.elapsed_ms)}`;
   } else if (msg.stage === "decode") {
     setGeneration({ done: msg.done, total: msg.total, elapsed_ms: msg.elapsed_ms, eta_ms: 0 });
     $("gen-status").textContent = `Step ${g.done} / ${g.total} done; decoding the image (VAE)…`;
@@ -663,11 +673,59 @@ function drawImage(canvas, image, width, height) {
 }
 
 let originalUrl = null;
+let heatmapUrls = [];
+
+const BRANCH_TITLES = { image: "Attention per token", original: "Before suppression", suppressed: "After suppression" };
+
+// One strip of token tiles per branch (before / after suppression for suppressed runs).
+function showHeatmaps(hm) {
+  for (const u of heatmapUrls) URL.revokeObjectURL(u);
+  heatmapUrls = [];
+  const box = $("gen-heatmaps");
+  box.replaceChildren();
+  $("gen-heatmaps-box").hidden = !hm;
+  if (!hm) return;
+  for (const b of hm.branches) {
+    const row = document.createElement("div");
+    row.className = "heatmap-strip";
+    row.dataset.branch = b.name;
+    const h = document.createElement("h4");
+    h.textContent = BRANCH_TITLES[b.name] || b.name;
+    const list = document.createElement("ul");
+    list.className = "heatmap-tiles";
+    list.setAttribute("aria-label", `${h.textContent}: one heatmap per prompt token`);
+    b.tiles.forEach((png, k) => {
+      const url = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+      heatmapUrls.push(url);
+      const token = hm.tokens[k] ?? "?";
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener";
+      a.download = `heatmap-${b.name}-${String(hm.positions[k]).padStart(2, "0")}-${token.replace(/[^A-Za-z0-9_-]/g, "_") || "_"}.png`;
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = `Attention of "${token}" (${h.textContent.toLowerCase()})`;
+      img.width = 96;
+      img.height = 96;
+      a.append(img);
+      const cap = document.createElement("span");
+      cap.textContent = token;
+      li.append(a, cap);
+      list.append(li);
+    });
+    row.append(h, list);
+    box.append(row);
+  }
+  $("gen-heatmaps-help").textContent = `Where each word of the prompt looked, averaged over ${hm.steps} steps at ${hm.size[0]}×${hm.size[1]} (red: most). Select a tile to open it full size.`;
+}
 
 function showResult(result) {
   const { width, height, seed } = result;
   drawImage($("gen-canvas"), result.image, width, height);
   $("gen-original-figure").hidden = !result.original_image;
+  $("gen-original-label").textContent = result.edit ? "The photo as its inversion reconstructs it." : "Without suppression (same seed).";
   if (result.original_image) {
     drawImage($("gen-original-canvas"), result.original_image, width, height);
     if (originalUrl) URL.revokeObjectURL(originalUrl);
@@ -686,6 +744,7 @@ function showResult(result) {
   a.download = `pseudoword-${seed}.png`;
   a.textContent = `Download PNG (${fmtBytes(result.png.byteLength)})`;
   $("gen-parameters").textContent = result.parameters || "";
+  showHeatmaps(result.heatmaps || null);
   $("gen-figure").hidden = false;
   $("gen-parameters-box").hidden = !result.parameters;
 }
@@ -704,15 +763,45 @@ async function onGenerate(event) {
   }
   const latents = nextLatents;
   nextLatents = null; // one run only
+  const payload = latents ? { params, latents } : { params };
+  await runGeneration("generate", payload, latents ? [latents.buffer] : [], params.steps, `Starting (${params.steps} steps${latents ? ", given initial latents" : ""})…`);
+}
+
+// "Edit a photo": the generation form's prompt describes the photo and its suppression words
+// name what to remove; the photo is inverted (DDIM + null-text), then edited like a generation.
+async function onEdit(event) {
+  event?.preventDefault();
+  if (busy || !canGenerate()) return;
+  showError($("gen-error"), "");
+  api.error = null;
+  const file = $("edit-photo").files[0];
+  let params;
+  try {
+    if (!file) throw new Error("Choose a photo to edit first (JPEG, PNG or WebP).");
+    params = readGenerationForm();
+    if (!params.suppress) throw new Error('Name what to remove from the photo under "Words of the prompt to remove" (e.g. glasses); the prompt should describe the photo and contain those words.');
+    if (!(params.guidance > 1)) throw new Error("Photo edits need guidance above 1 (null-text inversion; 7.5 is usual).");
+    const iters = Number($("edit-null-iters").value);
+    if (!Number.isInteger(iters) || iters < 0 || iters > 50) throw new Error(`Null-text iterations must be a whole number from 0 to 50 (got ${JSON.stringify($("edit-null-iters").value)}).`);
+    params.scheduler = "ddim";
+    params.null_text_iters = iters;
+  } catch (err) {
+    showError($("gen-error"), errorText(err));
+    return;
+  }
+  const photo = new Uint8Array(await file.arrayBuffer());
+  await runGeneration("edit", { params, photo, file_name: file.name }, [photo.buffer], params.steps, `Inverting ${file.name} (${params.steps} DDIM steps, then null-text inversion)…`);
+}
+
+async function runGeneration(command, payload, transfer, total, startText) {
   cancelRequested = false;
-  setGeneration({ state: "running", done: 0, total: params.steps, elapsed_ms: 0, eta_ms: null, result: null, error: null, history: [] });
-  $("gen-progress").max = params.steps;
+  setGeneration({ state: "running", done: 0, total, elapsed_ms: 0, eta_ms: null, result: null, error: null, history: [], command, inversion: null });
+  $("gen-progress").max = total;
   $("gen-progress").value = 0;
-  $("gen-status").textContent = `Starting (${params.steps} steps${latents ? ", given initial latents" : ""})…`;
+  $("gen-status").textContent = startText;
   setState("generating");
   try {
-    const payload = latents ? { params, latents } : { params };
-    const msg = await request("generate", payload, onGenerateProgress, latents ? [latents.buffer] : []);
+    const msg = await request(command, payload, onGenerateProgress, transfer);
     const g = api.generation;
     if (msg.status === "cancelled") {
       setGeneration({ state: "cancelled", done: msg.done, total: msg.total || g.total, eta_ms: null, seq: g.seq + 1 });
@@ -737,6 +826,8 @@ async function onGenerate(event) {
           millis: r.millis,
           suppress: r.suppress || "",
           original_image: r.original_image ? Array.from(r.original_image) : null,
+          edit: !!r.edit,
+          heatmaps: r.heatmaps ? { tokens: r.heatmaps.tokens, steps: r.heatmaps.steps, size: r.heatmaps.size, branches: r.heatmaps.branches.map((b) => ({ name: b.name, tiles: b.tiles.length })) } : null,
         },
         seq: g.seq + 1,
       });
@@ -783,6 +874,7 @@ $("prompt").addEventListener("keydown", (event) => {
 });
 $("prompt").addEventListener("input", scheduleTokenCount);
 $("generate-form").addEventListener("submit", onGenerate);
+$("edit-button").addEventListener("click", onEdit);
 $("cancel-button").addEventListener("click", onCancel);
 for (const id of ["gen-prompt", "gen-negative"]) {
   $(id).addEventListener("keydown", (event) => {

@@ -9,6 +9,9 @@
 //                                       width, height, suppress?, suppress_alpha?, suppress_start?,
 //                                       suppress_opt_end?, suppress_opt_iters?, suppress_opt_scale?,
 //                                       suppress_opt_off?}, latents?: Float32Array [1,4,H/8,W/8]}
+//     {id, command: "edit", photo: Uint8Array (JPEG/PNG/WebP bytes), file_name, params: {as generate,
+//          suppress required, null_text_iters?}}  // SuppressEOT on a photo: progress stage "invert"
+//          per inversion step, then as generate (original_* = the photo's reconstruction, edit: true)
 //     {id, command: "cancel"}          // handled at once, never queued (see below)
 //   worker -> main
 //     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file}
@@ -20,6 +23,7 @@
 //     {id, status: "result", command: "tokenize", result: {input_ids, ids, tokens}}
 //     {id, status: "progress", stage: "generate", done, total, elapsed_ms, step_ms, eta_ms /* null
 //          until a step finished */, seed, width, height, scheduler}   // once with done 0, then per step
+//     {id, status: "progress", stage: "invert", done, total, elapsed_ms}  // edit: null-text inversion
 //     {id, status: "progress", stage: "decode", done, total, elapsed_ms}  // VAE decode + PNG encode
 //     {id, status: "result", command: "generate", result: {image: Float32Array [H*W*3] NHWC in [0,1],
 //          png: Uint8Array, width, height, parameters, seed, scheduler, total_steps, millis,
@@ -347,6 +351,8 @@ function generationParams(p) {
     }
     params.suppress_opt_off = !!p.suppress_opt_off;
   }
+  if (p.heatmaps) params.heatmaps = true;
+  if (p.null_text_iters !== undefined && p.null_text_iters !== null && p.null_text_iters !== "") params.null_text_iters = Number(p.null_text_iters);
   return params;
 }
 
@@ -354,7 +360,7 @@ async function generate(msg) {
   const { id } = msg;
   queuedGenerates.delete(id);
   if (cancelledIds.delete(id)) {
-    postMessage({ id, status: "cancelled", command: "generate", done: 0, total: 0 });
+    postMessage({ id, status: "cancelled", command: msg.command, done: 0, total: 0 });
     return;
   }
   const s = requireSession();
@@ -365,12 +371,33 @@ async function generate(msg) {
   const params = generationParams(msg.params);
   let latents;
   if (msg.latents != null) latents = msg.latents instanceof Float32Array ? msg.latents : Float32Array.from(msg.latents);
+  const edit = msg.command === "edit";
   const t0 = performance.now();
-  const started = plain(await s.start_generation(params, latents)) || {};
-  const total = Number(started.total_steps ?? params.steps);
-  const meta = { seed: started.seed, width: started.width, height: started.height, scheduler: started.scheduler };
   const job = { id, cancel: false };
   running = job;
+  let started;
+  try {
+    if (edit) {
+      if (!(msg.photo instanceof Uint8Array) || msg.photo.length === 0) throw new Error("edit: no photo was given");
+      // null-text inversion: one progress message per step; returning false cancels it
+      const onInvert = (done, total) => {
+        postMessage({ id, status: "progress", stage: "invert", done, total, elapsed_ms: performance.now() - t0 });
+        return !job.cancel;
+      };
+      started = plain(await s.start_edit(msg.photo, String(msg.file_name ?? "photo"), params, onInvert)) || {};
+    } else {
+      started = plain(await s.start_generation(params, latents)) || {};
+    }
+  } catch (err) {
+    if (running === job) running = null;
+    if (job.cancel) {
+      postMessage({ id, status: "cancelled", command: msg.command, done: 0, total: 0 });
+      return;
+    }
+    throw err;
+  }
+  const total = Number(started.total_steps ?? params.steps);
+  const meta = { seed: started.seed, width: started.width, height: started.height, scheduler: started.scheduler };
   try {
     postMessage({ id, status: "progress", stage: "generate", done: 0, total, elapsed_ms: 0, step_ms: null, eta_ms: null, ...meta });
     let done = 0;
@@ -384,7 +411,7 @@ async function generate(msg) {
         } catch {
           /* nothing to cancel */
         }
-        postMessage({ id, status: "cancelled", command: "generate", done, total });
+        postMessage({ id, status: "cancelled", command: msg.command, done, total });
         return;
       }
       const r = plain(await s.step_generation()) || {};
@@ -421,10 +448,23 @@ async function generate(msg) {
       suppress: started.suppress || "",
       original_image: originalImage,
       original_png: originalPng,
+      edit,
     };
     const transfer = [image.buffer, png.buffer];
     if (originalImage) transfer.push(originalImage.buffer, originalPng.buffer);
-    postMessage({ id, status: "result", command: "generate", result }, transfer);
+    if (f.heatmaps) {
+      // {tokens, positions, size, steps, branches: [{name, tiles: [PNG bytes]}]}
+      const hm = f.heatmaps;
+      result.heatmaps = {
+        tokens: Array.from(hm.tokens ?? [], String),
+        positions: Array.from(hm.positions ?? [], Number),
+        size: Array.from(hm.size ?? [], Number),
+        steps: Number(hm.steps ?? 0),
+        branches: Array.from(hm.branches ?? [], (b) => ({ name: String(b.name), tiles: Array.from(b.tiles ?? [], (t) => Uint8Array.from(t)) })),
+      };
+      for (const b of result.heatmaps.branches) for (const t of b.tiles) transfer.push(t.buffer);
+    }
+    postMessage({ id, status: "result", command: msg.command, result }, transfer);
   } catch (err) {
     try {
       await maybeAwait(s.cancel_generation()); // leave the session ready for the next one
@@ -447,7 +487,7 @@ function cancel({ id }) {
 }
 
 const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop });
-const HANDLERS = { load, encode, tokenize, generate, ...TRAIN.queued };
+const HANDLERS = { load, encode, tokenize, generate, edit: generate, ...TRAIN.queued };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {
@@ -461,7 +501,7 @@ self.onmessage = (event) => {
     TRAIN.immediate[msg.command](msg);
     return;
   }
-  if (msg.command === "generate") queuedGenerates.add(msg.id);
+  if (msg.command === "generate" || msg.command === "edit") queuedGenerates.add(msg.id);
   queue = queue.then(async () => {
     const handler = HANDLERS[msg.command];
     try {

@@ -18,6 +18,7 @@ use crate::pipeline::{PromptEncoder, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 
 mod generate;
+mod heatmaps;
 mod train;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::{ByteSource, WeightStorage};

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
@@ -50,9 +50,9 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x"]);
-const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi"]);
+const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x", "xi"]);
 // The native CLI (built by `cargo test`), for comparing browser training with a native run.
 const CLI = process.env.PSEUDOWORD_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, "target"), "debug/pseudoword");
 
@@ -236,6 +236,7 @@ async function startGeneration(page, opts) {
   await page.fill("#gen-seed", opts.seed === undefined ? "" : String(opts.seed));
   await page.fill("#gen-suppress", opts.suppress ?? "");
   await page.fill("#gen-suppress-iters", String(opts.suppressIters ?? 10));
+  await page.setChecked("#gen-heatmaps", !!opts.heatmaps);
   const n = await page.evaluate((l) => window.__pseudoword.setLatents(l), opts.latents ? Array.from(opts.latents) : null);
   if (opts.latents) assert.equal(n, opts.latents.length, "setLatents took all values");
   await page.click("#generate-button");
@@ -597,7 +598,8 @@ async function main() {
         assert.equal(await page.isDisabled("#generate-button"), false, "Generate usable after cancel");
 
         // A short run with a random seed still works.
-        const before2 = await startGeneration(page, { prompt: "a photo of a cat", scheduler: "ddim", steps: 2, width: size, height: size });
+        // (with per-token heatmaps: one strip for the image)
+        const before2 = await startGeneration(page, { prompt: "a photo of a cat", scheduler: "ddim", steps: 2, width: size, height: size, heatmaps: true });
         const g2 = await waitGeneration(page, before2);
         assert.equal(g2.state, "done", `generation after cancel failed: ${g2.error}`);
         assert.equal(g2.done, 2);
@@ -609,6 +611,9 @@ async function main() {
         assert.match(r.parameters, new RegExp(`Steps: 2, Sampler: DDIM, CFG scale: 7\\.5, Seed: ${r.seed}`));
         const link = await page.getAttribute("#gen-download", "download");
         assert.equal(link, `pseudoword-${r.seed}.png`);
+        assert.deepEqual(r.heatmaps && [r.heatmaps.tokens, r.heatmaps.steps, r.heatmaps.branches], [["a", "photo", "of", "a", "cat"], 2, [{ name: "image", tiles: 5 }]], "heatmaps of the image");
+        const strip = await page.evaluate(() => [...document.querySelectorAll("#gen-heatmaps .heatmap-strip")].map((s) => [s.dataset.branch, s.querySelectorAll("img").length]));
+        assert.deepEqual(strip, [["image", 5]], "one heatmap strip with a tile per token");
         await shot(page, "viii-after-cancel");
         return `cancelled at step ${g.done}/50 ${latency} ms after the click (step ~${stepMs.toFixed(0)} ms); then 2 steps with random seed ${r.seed} in ${(g2.elapsed_ms / 1000).toFixed(1)} s`;
       });
@@ -741,6 +746,75 @@ async function main() {
         assert.ok(d < IMAGE_TOLERANCE, `suppressed image differs from the CLI's by ${d}`);
         assert.ok(effect > 1e-3, `suppression changed the image (max diff to the original ${effect})`);
         return `5 DDIM steps (ITO at step 1, 3 iterations) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI ${d.toExponential(2)}; suppressed vs original max diff ${effect.toFixed(3)}`;
+      });
+    }
+    if (cases.has("xi")) {
+      await runCase("xi", "photo edit (upload, name what to remove) with heatmap strips before/after equals the CLI's edit", async () => {
+        needGeneration();
+        assert.ok(existsSync(CLI), `${CLI} missing: build the CLI (cargo build) or set PSEUDOWORD_BIN`);
+        const page = main.page;
+        await ensureModel(page, "/models/tiny-sd1/", "fp32");
+        const photo = path.join(REPO, "tests/fixtures/photos/chelsea_1_center.jpg");
+        const opts = { prompt: "a photo of a cat", suppress: "cat", suppressIters: 2, scheduler: "ddim", steps: 3, width: 64, height: 64 };
+        // no photo chosen yet: a message, nothing runs
+        await page.setInputFiles("#edit-photo", []);
+        await page.fill("#gen-prompt", opts.prompt);
+        await page.fill("#gen-suppress", opts.suppress);
+        await page.click("#edit-button");
+        assert.match(await page.textContent("#gen-error"), /Choose a photo/, "message without a photo");
+        // fill the form as for a generation, with heatmaps, then edit the uploaded photo
+        const before = await page.evaluate(() => window.__pseudoword.generation.seq);
+        await page.fill("#gen-steps", String(opts.steps));
+        await page.fill("#gen-guidance", "7.5");
+        await page.fill("#gen-width", String(opts.width));
+        await page.fill("#gen-height", String(opts.height));
+        await page.fill("#gen-suppress-iters", String(opts.suppressIters));
+        await page.check("#gen-heatmaps");
+        await page.fill("#edit-null-iters", "2");
+        await page.setInputFiles("#edit-photo", photo);
+        await page.click("#edit-button");
+        await page.waitForFunction(() => !!window.__pseudoword.generation.inversion || window.__pseudoword.generation.state !== "running", null, { timeout: GENERATE_TIMEOUT, polling: 100 });
+        const mid = await page.evaluate(() => ({ inv: window.__pseudoword.generation.inversion, text: document.getElementById("gen-status").textContent }));
+        const g = await waitGeneration(page, before);
+        await page.uncheck("#gen-heatmaps");
+        assert.equal(g.state, "done", `edit failed: ${g.error}`);
+        assert.ok(mid.inv && mid.inv.total === opts.steps, `inversion progress reported (${JSON.stringify(mid)})`);
+        const r = g.result;
+        assert.equal(r.edit, true, "result marked as an edit");
+        assert.equal(r.suppress, "cat");
+        assert.ok(r.original_image && r.original_image.length === 64 * 64 * 3, "reconstruction returned");
+        assert.match(await page.textContent("#gen-original-label"), /reconstructs/, "the original is labelled as the reconstruction");
+        // heatmap strips: before and after suppression, one tile per prompt token
+        const hm = r.heatmaps;
+        assert.ok(hm, "heatmaps returned");
+        assert.deepEqual(hm.tokens, ["a", "photo", "of", "a", "cat"], "tokens");
+        assert.deepEqual(hm.branches.map((b) => [b.name, b.tiles]), [["original", 5], ["suppressed", 5]], "one tile per token per branch");
+        const strips = await page.evaluate(() =>
+          [...document.querySelectorAll("#gen-heatmaps .heatmap-strip")].map((s) => ({
+            branch: s.dataset.branch,
+            title: s.querySelector("h4").textContent,
+            tiles: [...s.querySelectorAll("img")].map((i) => ({ alt: i.alt, w: i.naturalWidth, h: i.naturalHeight, ok: i.complete })),
+          })),
+        );
+        assert.deepEqual(strips.map((s) => [s.branch, s.title, s.tiles.length]), [["original", "Before suppression", 5], ["suppressed", "After suppression", 5]]);
+        for (const s of strips) for (const t of s.tiles) assert.ok(t.ok && t.w === 64 && t.h === 64, `tile decoded at 64x64: ${JSON.stringify(t)}`);
+        assert.ok(await page.isVisible("#gen-heatmaps-box"), "heatmap section visible");
+        await shot(page, "xi-edit-heatmaps");
+        // the same edit through the CLI
+        const dir = mkdtempSync(path.join(tmpdir(), "pseudoword-xi-"));
+        const tensors = path.join(dir, "e.safetensors");
+        execFileSync(CLI, ["edit", "--device", "cpu", "--model", path.join(REPO, "tests/fixtures/tiny-sd1"), "--image", photo, "--prompt", opts.prompt,
+          "--suppress", opts.suppress, "--suppress-opt-iters", String(opts.suppressIters), "--steps", String(opts.steps), "--size", "64", "--null-text-iters", "2",
+          "--out", path.join(dir, "e.png"), "--out-tensor", tensors], { stdio: ["ignore", "pipe", "pipe"] });
+        const cli = readSafetensors(tensors).tensors;
+        const d = maxAbsDiff(r.image, Array.from(cli.image.data));
+        const dRec = maxAbsDiff(r.original_image, Array.from(cli.reconstruction.data));
+        const effect = maxAbsDiff(r.image, r.original_image);
+        rmSync(dir, { recursive: true, force: true });
+        assert.ok(d < IMAGE_TOLERANCE, `edited image differs from the CLI's by ${d}`);
+        assert.ok(dRec < IMAGE_TOLERANCE, `reconstruction differs from the CLI's by ${dRec}`);
+        assert.ok(effect > 1e-3, `the edit changed the photo (max diff to the reconstruction ${effect})`);
+        return `3 steps at 64x64 (null-text 2 iterations, ITO 2) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI: edit ${d.toExponential(2)}, reconstruction ${dRec.toExponential(2)}; edit vs reconstruction ${effect.toFixed(3)}; strips 2x5 tiles`;
       });
     }
   } finally {

@@ -33,6 +33,10 @@ pub struct EditArgs {
     /// DDIM steps (inversion and edit).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// Square size in pixels the photo is cropped and resized to (a multiple of 8; default: the
+    /// model's native size, e.g. 512 for SD 1.5).
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Classifier-free guidance scale (> 1).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
@@ -69,13 +73,17 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
     let (device, device_name) = select_device(a.common.device)?;
     let mut sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, None, &device, a.common.storage)?;
     add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
-    let size = sd.default_size();
+    let size = a.size.unwrap_or_else(|| sd.default_size());
+    if size == 0 || size % 8 != 0 {
+        return Err(Error::Input(format!("--size must be a positive multiple of 8 (got {size})")));
+    }
     let name = a.image.file_name().and_then(|n| n.to_str()).unwrap_or("photo");
     let photo = prepare_photo(&bytes, name, size as u32)?;
     let mut p = GenerateParams::new(a.prompt.clone(), &sd);
     p.negative_prompt = a.negative_prompt.clone();
     p.steps = a.steps;
     p.guidance = a.guidance;
+    (p.width, p.height) = (size, size);
     p.scheduler = Some(SchedulerKind::Ddim);
     let inv = InversionParams { null_text_iters: a.null_text_iters, ..InversionParams::default() };
     let t0 = std::time::Instant::now();
