@@ -734,6 +734,16 @@ fn truncated_or_corrupted_torch_zips_never_panic() {
     }
 }
 
+/// Inputs `cargo fuzz` found (fuzz/README.md), each once a panic, an oversized allocation or a
+/// wrong `Ok`: now typed errors naming the file.
+#[test]
+fn fuzz_found_inputs_are_errors() {
+    // png_embedding: a bare PNG signature made `embed_in_png` return Ok without the embedding
+    let emb = sample_embedding(1, 4, "<t>");
+    let e = embed_in_png(b"\x89PNG\r\n\x1a\n", "sig.png", &emb, &A1111Meta::default()).unwrap_err().to_string();
+    assert!(e.contains("sig.png") && e.contains("IHDR"), "{e}");
+}
+
 // ---- the CLI ----
 
 fn pw(args: &[&str]) -> std::process::Output {
