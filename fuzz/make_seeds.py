@@ -72,6 +72,23 @@ def legacy_torch():
 put("pickle", "legacy.bin", legacy_torch())
 
 
+def legacy_mixed_dtypes():
+    """Storage 0 used by a DoubleStorage tensor (the embedding) and a HalfStorage one (`step`)."""
+    s = lambda t: b"X" + struct.pack("<I", len(t)) + t.encode()
+    f = bytes([0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]) + b"."
+    f += b"\x80\x02M\xe9\x03." + b"\x80\x02}."
+
+    def tensor(cls):
+        o = b"ctorch._utils\n_rebuild_tensor_v2\n((" + s("storage") + b"ctorch\n" + cls + b"\n" + s("0") + s("cpu")
+        return o + b"K\x04NtQK\x00K\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR"
+
+    f += b"\x80\x02}" + s("string_to_param") + b"}" + s("*") + tensor(b"DoubleStorage") + b"ss" + s("step") + tensor(b"HalfStorage") + b"s."
+    return f + b"\x80\x02]" + s("0") + b"a." + struct.pack("<Q", 4) + struct.pack("<4e", 1, 2, 3, 4)
+
+
+put("pickle", "legacy-mixed-dtypes.bin", legacy_mixed_dtypes())
+
+
 # ---- PNGs
 def chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

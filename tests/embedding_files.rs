@@ -742,6 +742,39 @@ fn fuzz_found_inputs_are_errors() {
     let emb = sample_embedding(1, 4, "<t>");
     let e = embed_in_png(b"\x89PNG\r\n\x1a\n", "sig.png", &emb, &A1111Meta::default()).unwrap_err().to_string();
     assert!(e.contains("sig.png") && e.contains("IHDR"), "{e}");
+
+    // pickle: a legacy torch file whose storage `0` is used by a DoubleStorage tensor (the
+    // embedding) and by a HalfStorage one (`step`): the storage was sized in 2-byte elements,
+    // the embedding read 8-byte ones past its end (a slice panic)
+    let mut f = vec![0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+    let mut p = PickleWriter::new();
+    p.int(1001);
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.empty_dict();
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.empty_dict();
+    p.str("string_to_param");
+    p.empty_dict();
+    p.str("*");
+    tensor_ops(&mut p, "DoubleStorage", "0", 4, 0, &[4], &[1]);
+    p.op(b's');
+    p.op(b's');
+    p.str("step");
+    tensor_ops(&mut p, "HalfStorage", "0", 4, 0, &[4], &[1]);
+    p.op(b's');
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.op(b']');
+    p.str("0");
+    p.op(b'a');
+    f.extend(p.stop());
+    f.extend(4u64.to_le_bytes());
+    f.extend([0u8; 8]);
+    let (e, msg) = read_err(&f, "mixed.pt");
+    assert!(matches!(e, EmbeddingError::BadTorchFile { .. }), "{msg}");
+    assert!(msg.contains("mixed.pt") && msg.contains("has 8 bytes but the tensor needs 32"), "{msg}");
 }
 
 // ---- the CLI ----
