@@ -6,11 +6,12 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
 #
 # Env: FUZZ_TARGETS="pickle png_embedding" (default: all), FUZZ_SANITIZER=address|none (default
-# address), CARGO_BUILD_JOBS (default 1). Installs the nightly toolchain (rustup) and cargo-fuzz
-# (cargo install) when missing. Each target runs single-process with -rss_limit_mb=2048
-# -malloc_limit_mb=512 -timeout=10, growing fuzz/corpus/<target>/ (only seed-* files are
-# committed); crashes land in fuzz/artifacts/<target>/, logs in fuzz/logs/. Prints one line per
-# target (executions, corpus, crash or not) and exits 1 if any target found a crash.
+# address), FUZZ_ARGS (extra libFuzzer flags, e.g. "-max_len=65536"), CARGO_BUILD_JOBS (default
+# 1). Installs the nightly toolchain (rustup) and cargo-fuzz (cargo install) when missing. Each
+# target runs single-process with -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10, growing
+# fuzz/corpus/<target>/ (only seed-* files are committed); crashes land in
+# fuzz/artifacts/<target>/, logs in fuzz/logs/. Prints one line per target (executions, corpus,
+# crash or not) and exits 1 if any target found a crash.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -42,7 +43,7 @@ for t in "${targets[@]}"; do
   echo "==> $t: fuzzing for $secs s (log: $log)"
   rc=0
   cargo +nightly fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 \
+    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 ${FUZZ_ARGS:-} \
     >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
   corp=$( (grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" || true) | tail -1 | sed 's/corp: //')
