@@ -734,6 +734,85 @@ fn truncated_or_corrupted_torch_zips_never_panic() {
     }
 }
 
+/// Inputs `cargo fuzz` found (fuzz/README.md), each once a panic, an oversized allocation or a
+/// wrong `Ok`: now typed errors naming the file.
+#[test]
+fn fuzz_found_inputs_are_errors() {
+    // png_embedding: a bare PNG signature made `embed_in_png` return Ok without the embedding
+    let emb = sample_embedding(1, 4, "<t>");
+    let e = embed_in_png(b"\x89PNG\r\n\x1a\n", "sig.png", &emb, &A1111Meta::default()).unwrap_err().to_string();
+    assert!(e.contains("sig.png") && e.contains("IHDR"), "{e}");
+
+    // pickle: a legacy torch file whose storage `0` is used by a DoubleStorage tensor (the
+    // embedding) and by a HalfStorage one (`step`): the storage was sized in 2-byte elements,
+    // the embedding read 8-byte ones past its end (a slice panic)
+    let mut f = vec![0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+    let mut p = PickleWriter::new();
+    p.int(1001);
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.empty_dict();
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.empty_dict();
+    p.str("string_to_param");
+    p.empty_dict();
+    p.str("*");
+    tensor_ops(&mut p, "DoubleStorage", "0", 4, 0, &[4], &[1]);
+    p.op(b's');
+    p.op(b's');
+    p.str("step");
+    tensor_ops(&mut p, "HalfStorage", "0", 4, 0, &[4], &[1]);
+    p.op(b's');
+    f.extend(p.stop());
+    let mut p = PickleWriter::new();
+    p.op(b']');
+    p.str("0");
+    p.op(b'a');
+    f.extend(p.stop());
+    f.extend(4u64.to_le_bytes());
+    f.extend([0u8; 8]);
+    let (e, msg) = read_err(&f, "mixed.pt");
+    assert!(matches!(e, EmbeddingError::BadTorchFile { .. }), "{msg}");
+    assert!(msg.contains("mixed.pt") && msg.contains("has 8 bytes but the tensor needs 32"), "{msg}");
+
+    // pickle: shared references that multiply memory. A 64 KiB string listed 100 times (the
+    // unpickled value copied it each time: a 1 MB file took > 2 GB) ...
+    let mut pkl = vec![0x80, 2, b'X'];
+    pkl.extend((64u32 << 10).to_le_bytes());
+    pkl.extend(vec![b'a'; 64 << 10]);
+    pkl.extend(b"q\x00(");
+    pkl.extend(b"h\x00".repeat(100));
+    pkl.extend(b"l.");
+    let (_, msg) = read_err(&write_zip("archive", &pkl, &[]), "strings.pt");
+    assert!(msg.contains("bytes of strings after expanding shared references"), "{msg}");
+    // ... and `OrderedDict(l)` over one list of 16k pairs called 300 times (a 60 KB file took > 2 GB)
+    let mut pkl = b"\x80\x02ccollections\nOrderedDict\nq\x00K\x01K\x02\x86q\x01(".to_vec();
+    pkl.extend(b"h\x01".repeat(16_000));
+    pkl.extend(b"lq\x02");
+    pkl.extend(b"h\x00h\x02\x85R0".repeat(300));
+    pkl.extend(b"N.");
+    let (_, msg) = read_err(&write_zip("archive", &pkl, &[]), "dicts.pt");
+    assert!(msg.contains("containers with more than"), "{msg}");
+    // a dict of 50k distinct keys: merging repeated keys compared each key with all others
+    // (minutes for a 1 MB file)
+    let mut pkl = b"\x80\x02}(".to_vec();
+    for i in 0..50_000 {
+        let k = format!("k{i}");
+        pkl.push(b'X');
+        pkl.extend((k.len() as u32).to_le_bytes());
+        pkl.extend(k.as_bytes());
+        pkl.push(b'N');
+    }
+    pkl.extend(b"u.");
+    let t = std::time::Instant::now();
+    let (_, msg) = read_err(&write_zip("archive", &pkl, &[]), "keys.pt");
+    assert!(msg.contains("no embedding in it") && msg.contains("k0"), "{msg}");
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    let dict = unpickle(&pkl).unwrap().0;
+    assert_eq!(dict.dict_items().unwrap().len(), 50_000);
+}
+
 // ---- the CLI ----
 
 fn pw(args: &[&str]) -> std::process::Output {

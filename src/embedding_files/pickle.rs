@@ -115,12 +115,23 @@ impl PickleValue {
         }
     }
     /// A dict's items with repeated keys collapsed (last wins), in first-insertion order.
+    /// Scalar and string keys are compared through a hash map (a file can hold 10^5 keys:
+    /// comparing each with all others took minutes); other keys (NaN, tuples, tensors) are
+    /// never merged.
     pub fn dict_items(&self) -> Option<Vec<(&PickleValue, &PickleValue)>> {
         let PickleValue::Dict(items) = self else { return None };
         let mut out: Vec<(&PickleValue, &PickleValue)> = Vec::with_capacity(items.len());
+        let mut index: HashMap<DictKey<'_>, usize> = HashMap::with_capacity(items.len());
         for (k, v) in items {
-            match out.iter_mut().find(|(ok, _)| *ok == k) {
-                Some(slot) => slot.1 = v,
+            let slot = DictKey::of(k).and_then(|key| match index.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(out.len());
+                    None
+                }
+            });
+            match slot {
+                Some(i) => out[i].1 = v,
                 None => out.push((k, v)),
             }
         }
@@ -141,6 +152,33 @@ impl PickleValue {
             PickleValue::Tensor(_) => "tensor",
             PickleValue::Module { .. } => "module",
         }
+    }
+}
+
+/// A dict key that can be hashed, equal exactly when the [`PickleValue`]s are (`==`).
+#[derive(Hash, PartialEq, Eq)]
+enum DictKey<'a> {
+    None,
+    Bool(bool),
+    Int(i128),
+    /// Bits of a non-NaN float, with -0.0 as 0.0.
+    Float(u64),
+    Str(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> DictKey<'a> {
+    fn of(v: &'a PickleValue) -> Option<Self> {
+        Some(match v {
+            PickleValue::None => Self::None,
+            PickleValue::Bool(b) => Self::Bool(*b),
+            PickleValue::Int(i) => Self::Int(*i),
+            PickleValue::Float(f) if f.is_nan() => return None,
+            PickleValue::Float(f) => Self::Float(if *f == 0.0 { 0 } else { f.to_bits() }),
+            PickleValue::Str(s) => Self::Str(s),
+            PickleValue::Bytes(b) => Self::Bytes(b),
+            _ => return None,
+        })
     }
 }
 
@@ -250,6 +288,9 @@ const MAX_NODES: usize = 1_000_000;
 /// Nesting depth [`Unpickler::to_value`] accepts.
 const MAX_DEPTH: usize = 200;
 const BUDGET: &str = "node budget exhausted";
+/// Container slots (list/tuple items, dict keys and values) all objects together may hold: a
+/// few opcodes can copy a big list again and again (`OrderedDict(l)`, `set(l)`, `APPENDS`).
+const MAX_CELLS: usize = 4_000_000;
 /// Tensor rank accepted.
 const MAX_RANK: usize = 16;
 
@@ -262,11 +303,17 @@ pub struct Unpickler<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, V>,
     arena: Vec<Obj>,
+    /// Container slots allocated so far (bounded by [`MAX_CELLS`]).
+    cells: usize,
+    /// String bytes [`Unpickler::to_value`] may still copy (a shared string is copied each time
+    /// it occurs).
+    text_budget: std::cell::Cell<usize>,
 }
 
 impl<'a> Unpickler<'a> {
     pub fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), arena: Vec::new() }
+        let text_budget = std::cell::Cell::new(0);
+        Self { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), arena: Vec::new(), cells: 0, text_budget }
     }
 
     /// Byte offset after the last STOP read.
@@ -311,6 +358,11 @@ impl<'a> Unpickler<'a> {
         if self.arena.len() >= MAX_OBJECTS {
             return bad(format!("more than {MAX_OBJECTS} objects: not an embedding file"));
         }
+        self.grow(match &o {
+            Obj::List(l) | Obj::Tuple(l) => l.len(),
+            Obj::Dict(d) => 2 * d.len(),
+            _ => 0,
+        })?;
         self.arena.push(o);
         Ok(V::Obj(self.arena.len() - 1))
     }
@@ -399,7 +451,16 @@ impl<'a> Unpickler<'a> {
         self.take(n)
     }
 
+    /// Counts `n` more container slots against [`MAX_CELLS`].
+    fn grow(&mut self, n: usize) -> Result<(), PickleError> {
+        self.cells = self.cells.saturating_add(n);
+        if self.cells > MAX_CELLS {
+            return bad(format!("containers with more than {MAX_CELLS} items in all: not an embedding file"));
+        }
+        Ok(())
+    }
     fn append(&mut self, list: V, items: Vec<V>, op: &str) -> Result<(), PickleError> {
+        self.grow(items.len())?;
         match list {
             V::Obj(i) => match self.arena.get_mut(i) {
                 Some(Obj::List(l)) => {
@@ -415,6 +476,7 @@ impl<'a> Unpickler<'a> {
         if items.len() % 2 != 0 {
             return bad(format!("{op} with an odd number of items"));
         }
+        self.grow(items.len())?;
         let pairs = items.chunks_exact(2).map(|c| (c[0], c[1]));
         let target = match dict {
             V::Obj(i) => self.arena.get_mut(i),
@@ -870,6 +932,7 @@ impl<'a> Unpickler<'a> {
         // actually in the file (legitimate files share little), so `(x, x)` nested 64 deep fails fast.
         let limit = MAX_NODES.min(self.arena.len().saturating_mul(8).saturating_add(10_000));
         let mut budget = limit;
+        self.text_budget.set(self.data.len().saturating_add(1 << 20));
         self.convert(v, 0, &mut budget).map_err(|e| match e {
             PickleError::Malformed(m) if m == BUDGET => PickleError::Malformed(format!(
                 "more than {limit} values after expanding shared references (from {} objects)",
@@ -877,6 +940,20 @@ impl<'a> Unpickler<'a> {
             )),
             e => e,
         })
+    }
+
+    /// Counts `n` string bytes copied by [`Unpickler::convert`].
+    fn text(&self, n: usize) -> Result<(), PickleError> {
+        let left = self.text_budget.get();
+        if n > left {
+            return bad(format!(
+                "more than {} bytes of strings after expanding shared references (the pickle has {})",
+                self.data.len().saturating_add(1 << 20),
+                self.data.len()
+            ));
+        }
+        self.text_budget.set(left - n);
+        Ok(())
     }
 
     fn convert(&self, v: V, depth: usize, budget: &mut usize) -> Result<PickleValue, PickleError> {
@@ -897,8 +974,14 @@ impl<'a> Unpickler<'a> {
             V::Float(f) => PickleValue::Float(f),
             V::Obj(i) => match self.arena.get(i) {
                 None => return bad("dangling reference"),
-                Some(Obj::Str(s)) => PickleValue::Str(s.clone()),
-                Some(Obj::Bytes(b)) => PickleValue::Bytes(b.clone()),
+                Some(Obj::Str(s)) => {
+                    self.text(s.len())?;
+                    PickleValue::Str(s.clone())
+                }
+                Some(Obj::Bytes(b)) => {
+                    self.text(b.len())?;
+                    PickleValue::Bytes(b.clone())
+                }
                 Some(Obj::List(l)) => PickleValue::List(list(l, budget)?),
                 Some(Obj::Tuple(t)) => PickleValue::Tuple(list(t, budget)?),
                 Some(Obj::Dict(d)) => {
@@ -915,6 +998,7 @@ impl<'a> Unpickler<'a> {
                     let Some(Obj::Storage(st)) = self.arena.get(t.storage) else {
                         return bad("tensor without a storage");
                     };
+                    self.text(st.key.len() + st.location.len())?;
                     PickleValue::Tensor(TensorInfo {
                         dtype: st.dtype,
                         storage_key: st.key.clone(),

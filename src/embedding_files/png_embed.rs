@@ -290,5 +290,8 @@ pub fn embed_in_png(png_bytes: &[u8], emb: &TextualInversion, meta: &A1111Meta) 
         }
         pos = end;
     }
+    if first {
+        return Err("truncated PNG: no IHDR chunk after the signature".into());
+    }
     Ok(out)
 }

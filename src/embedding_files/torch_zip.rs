@@ -31,10 +31,10 @@ enum Storages<'a> {
         prefix: String,
         big_endian: bool,
     },
-    /// key -> (byte offset of the data, element count), data little-endian.
+    /// key -> byte range of the data (little-endian) in `data`.
     Legacy {
         data: &'a [u8],
-        by_key: HashMap<String, (usize, u64)>,
+        by_key: HashMap<String, (usize, usize)>,
     },
 }
 
@@ -110,7 +110,7 @@ impl<'a> TorchCheckpoint<'a> {
             let Some(end) = end else {
                 return bad(format!("legacy torch file truncated: storage `{key}` declares {numel} elements"));
             };
-            by_key.insert(key, (start, numel));
+            by_key.insert(key, (start, end));
             pos = end;
         }
         Ok(Self { root, storages: Storages::Legacy { data: bytes, by_key } })
@@ -142,11 +142,17 @@ impl<'a> TorchCheckpoint<'a> {
                 gather(t, &bytes, *big_endian)
             }
             Storages::Legacy { data, by_key } => {
-                let Some(&(start, numel)) = by_key.get(&t.storage_key) else {
+                let Some(&(start, end)) = by_key.get(&t.storage_key) else {
                     return bad(format!("legacy torch file: no data for storage `{}`", t.storage_key));
                 };
-                if span > numel {
-                    return bad(format!("storage `{}` has {numel} elements but the tensor needs {span}", t.storage_key));
+                // In bytes: the storage was sized with the element type of the last tensor using
+                // it, which a hostile file can make differ from this tensor's.
+                let have = (end - start) as u64;
+                if need > have {
+                    return bad(format!(
+                        "storage `{}` has {have} bytes but the tensor needs {need} ({span} x {:?})",
+                        t.storage_key, t.dtype
+                    ));
                 }
                 gather(t, &data[start..start + need as usize], false)
             }
