@@ -46,6 +46,12 @@ pub enum WeightsError {
 
     #[error("no weights file in {dir}: tried {}. The folder must be in diffusers layout (e.g. text_encoder/model.safetensors).", .tried.join(", "))]
     NoWeightsFile { dir: String, tried: Vec<String> },
+
+    #[error("{file} is not a Stable Diffusion 1.x/2.x single-file checkpoint: {reason}. Expected an original-LDM .safetensors as AUTOMATIC1111/ComfyUI use (keys `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`); for a diffusers model pass its folder, for a textual-inversion embedding use --embedding.")]
+    NotACheckpoint { file: String, reason: String },
+
+    #[error("{file}: {what} is not supported; this port loads SD 1.x/2.x text-to-image checkpoints. {hint}")]
+    UnsupportedCheckpoint { file: String, what: String, hint: String },
 }
 
 fn list_keys(keys: &[(String, Shape)]) -> String {
@@ -71,6 +77,8 @@ pub enum ConfigError {
     Io { file: String, reason: String },
     #[error("{file}: invalid config: {reason}.")]
     Invalid { file: String, reason: String },
+    #[error("{file} is a single-file checkpoint, which carries no tokenizer: pass --tokenizer DIR (a CLIP tokenizer folder with vocab.json and merges.txt, e.g. the tokenizer/ of any SD 1.x/2.x diffusers model; SD 1 and 2 share the vocabulary), or put it in a tokenizer/ folder next to the file.")]
+    NoTokenizer { file: String },
 }
 
 /// Errors in textual-inversion embedding files.

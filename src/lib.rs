@@ -20,6 +20,8 @@ pub mod weights;
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod single_file;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

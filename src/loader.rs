@@ -20,9 +20,22 @@ pub async fn load_text_encoder<S: ByteSource>(
 ) -> Result<CLIPTextModel, Error> {
     let config = CLIPTextConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
-    let specs = CLIPTextModel::param_specs(&config);
-    let mut map = load_params(weights, &header, CLIPTextModel::NAME, &specs, device, storage, progress).await?;
-    let model = CLIPTextModel::from_map(&config, &mut map);
+    load_text_encoder_from(&config, &header, weights, device, storage, progress).await
+}
+
+/// Loads a `CLIPTextModel` whose tensors `header` locates in `weights` (a file's own header, or a
+/// component of an [`crate::weights::LdmCheckpoint`]); `progress(done, total, key)` after each.
+pub async fn load_text_encoder_from<S: ByteSource>(
+    config: &CLIPTextConfig,
+    header: &SafetensorsHeader,
+    weights: &S,
+    device: &Device,
+    storage: WeightStorage,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<CLIPTextModel, Error> {
+    let specs = CLIPTextModel::param_specs(config);
+    let mut map = load_params(weights, header, CLIPTextModel::NAME, &specs, device, storage, progress).await?;
+    let model = CLIPTextModel::from_map(config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)
 }
@@ -39,9 +52,22 @@ pub async fn load_unet<S: ByteSource>(
 ) -> Result<UNet2DConditionModel, Error> {
     let config = UNet2DConditionConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
-    let specs = UNet2DConditionModel::param_specs(&config);
-    let mut map = load_params(weights, &header, UNet2DConditionModel::NAME, &specs, device, storage, progress).await?;
-    let model = UNet2DConditionModel::from_map(&config, &mut map);
+    load_unet_from(&config, &header, weights, device, storage, progress).await
+}
+
+/// Loads a `UNet2DConditionModel` whose tensors `header` locates in `weights` (a file's own header, or a
+/// component of an [`crate::weights::LdmCheckpoint`]); `progress(done, total, key)` after each.
+pub async fn load_unet_from<S: ByteSource>(
+    config: &UNet2DConditionConfig,
+    header: &SafetensorsHeader,
+    weights: &S,
+    device: &Device,
+    storage: WeightStorage,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<UNet2DConditionModel, Error> {
+    let specs = UNet2DConditionModel::param_specs(config);
+    let mut map = load_params(weights, header, UNet2DConditionModel::NAME, &specs, device, storage, progress).await?;
+    let model = UNet2DConditionModel::from_map(config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)
 }
@@ -58,9 +84,22 @@ pub async fn load_vae<S: ByteSource>(
 ) -> Result<AutoencoderKL, Error> {
     let config = AutoencoderKLConfig::from_json(config_json, config_file)?;
     let header = SafetensorsHeader::read(weights).await?;
-    let specs = AutoencoderKL::param_specs(&config);
-    let mut map = load_params(weights, &header, AutoencoderKL::NAME, &specs, device, storage, progress).await?;
-    let model = AutoencoderKL::from_map(&config, &mut map);
+    load_vae_from(&config, &header, weights, device, storage, progress).await
+}
+
+/// Loads an `AutoencoderKL` whose tensors `header` locates in `weights` (a file's own header, or a
+/// component of an [`crate::weights::LdmCheckpoint`]); `progress(done, total, key)` after each.
+pub async fn load_vae_from<S: ByteSource>(
+    config: &AutoencoderKLConfig,
+    header: &SafetensorsHeader,
+    weights: &S,
+    device: &Device,
+    storage: WeightStorage,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<AutoencoderKL, Error> {
+    let specs = AutoencoderKL::param_specs(config);
+    let mut map = load_params(weights, header, AutoencoderKL::NAME, &specs, device, storage, progress).await?;
+    let model = AutoencoderKL::from_map(config, &mut map);
     debug_assert!(map.remaining().is_empty());
     Ok(model)
 }

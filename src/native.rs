@@ -13,6 +13,7 @@ use crate::weights::WeightStorage;
 use crate::pipeline::{PromptEncoder, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
+use crate::single_file::{self, SingleFileOptions};
 use crate::weights::{FileSource, find_weights_file};
 
 /// Which compute device to use.
@@ -77,7 +78,12 @@ pub fn load_prompt_encoder(model_dir: &Path, variant: Option<&str>, device: &Dev
 }
 
 /// [`load_prompt_encoder`] with the weights kept as `storage` says.
+/// A single-file checkpoint (`.safetensors` with LDM keys) is accepted too, with the tokenizer from
+/// a `tokenizer/` folder next to it (see [`crate::single_file`]; `variant` does not apply).
 pub fn load_prompt_encoder_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<PromptEncoder, Error> {
+    if model_dir.is_file() {
+        return single_file::load_single_file_prompt_encoder(model_dir, &SingleFileOptions::default(), device, storage);
+    }
     if !model_dir.is_dir() {
         return Err(Error::Input(format!("model folder {} does not exist or is not a folder", model_dir.display())));
     }
@@ -139,6 +145,23 @@ pub fn read_f32_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)
     Ok((entry.shape.clone(), values))
 }
 
+/// Loads a model folder (as [`load_stable_diffusion_with`]) or a single-file checkpoint with
+/// `single` saying where its tokenizer and configs come from.
+pub fn load_model(path: &Path, variant: Option<&str>, single: &SingleFileOptions, device: &Device, storage: WeightStorage) -> Result<StableDiffusion, Error> {
+    if path.is_file() {
+        return single_file::load_single_file(path, single, device, storage);
+    }
+    load_stable_diffusion_with(path, variant, device, storage)
+}
+
+/// [`load_prompt_encoder_with`] for a folder or, with `single`'s options, a single file.
+pub fn load_model_prompt_encoder(path: &Path, variant: Option<&str>, single: &SingleFileOptions, device: &Device, storage: WeightStorage) -> Result<PromptEncoder, Error> {
+    if path.is_file() {
+        return single_file::load_single_file_prompt_encoder(path, single, device, storage);
+    }
+    load_prompt_encoder_with(path, variant, device, storage)
+}
+
 /// Loads a whole diffusers Stable Diffusion folder (`tokenizer/`, `text_encoder/`, `unet/`,
 /// `vae/`, `scheduler/`) onto `device`. `variant` picks `*.<variant>.safetensors` weights.
 pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<StableDiffusion, Error> {
@@ -146,8 +169,12 @@ pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &D
 }
 
 /// [`load_stable_diffusion`] with the weights kept as `storage` says (`F16`: half the memory,
-/// f32 compute).
+/// f32 compute). A single-file checkpoint is accepted too, with the tokenizer from a `tokenizer/`
+/// folder next to it and inferred configs ([`load_model`] takes the options).
 pub fn load_stable_diffusion_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<StableDiffusion, Error> {
+    if model_dir.is_file() {
+        return single_file::load_single_file(model_dir, &SingleFileOptions::default(), device, storage);
+    }
     let prompt = load_prompt_encoder_with(model_dir, variant, device, storage)?;
     let component = |name: &str| -> Result<(String, String, FileSource), Error> {
         let dir = model_dir.join(name);

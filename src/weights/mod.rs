@@ -5,12 +5,14 @@
 
 mod header;
 mod keys;
+pub mod ldm;
 mod load;
 mod source;
 
 pub use header::{SafetensorsHeader, TensorEntry, WeightDtype};
 pub use keys::canonical_key;
 pub use load::{ParamSpec, TensorMap, WeightStorage, load_params, read_tensor_f32};
+pub use ldm::LdmCheckpoint;
 pub use source::ByteSource;
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, find_weights_file};

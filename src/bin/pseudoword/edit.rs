@@ -71,7 +71,7 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::Input("`edit` suppresses words of the prompt: give them with --suppress WORDS (e.g. --suppress glasses)".into()))?;
     let bytes = std::fs::read(&a.image).map_err(|e| Error::Input(format!("cannot read the photo {}: {e}", a.image.display())))?;
     let (device, device_name) = select_device(a.common.device)?;
-    let mut sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, None, &device, a.common.storage)?;
+    let mut sd = a.common.load(None, None, &device)?;
     add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
     let size = a.size.unwrap_or_else(|| sd.default_size());
     if size == 0 || size % 8 != 0 {

@@ -78,7 +78,7 @@ fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
 
 pub fn run(a: GenerateArgs) -> Result<(), Error> {
     let (device, device_name) = select_device(a.common.device)?;
-    let mut sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, a.variant.as_deref(), &device, a.common.storage)?;
+    let mut sd = a.common.load(a.variant.as_deref(), a.prediction_type, &device)?;
     add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
     let mut p = GenerateParams::new(a.prompt.clone(), &sd);
     p.negative_prompt = a.negative_prompt.clone();

@@ -23,7 +23,9 @@ mod train;
 mod suppress;
 use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, parse_embedding_arg, read_embedding_file, select_device};
-use pseudoword::pipeline::{PromptEncoder, Tokenized};
+use pseudoword::pipeline::{PromptEncoder, StableDiffusion, Tokenized};
+use pseudoword::schedulers::PredictionType;
+use pseudoword::single_file::SingleFileOptions;
 use pseudoword::tokenizer::ClipTokenizer;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -37,9 +39,17 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub(crate) struct Common {
-    /// Model folder in diffusers layout (tokenizer/, text_encoder/, ...).
+    /// Model folder in diffusers layout (tokenizer/, text_encoder/, ...), or a single-file
+    /// checkpoint (`.safetensors` with original LDM keys, as AUTOMATIC1111/ComfyUI use).
     #[arg(long)]
     pub(crate) model: PathBuf,
+    /// Tokenizer folder for a single-file checkpoint (default: `tokenizer/` next to the file).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) tokenizer: Option<PathBuf>,
+    /// For a single-file checkpoint: a diffusers folder whose unet/vae/text_encoder/scheduler
+    /// configs (and tokenizer/) are used instead of inferring them from the weights.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) config: Option<PathBuf>,
     /// Textual-inversion embedding file, `PATH[=TOKEN]` (repeatable).
     #[arg(long = "embedding", value_name = "FILE[=TOKEN]")]
     pub(crate) embeddings: Vec<String>,
@@ -118,9 +128,25 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+impl Common {
+    /// Where a single-file checkpoint's tokenizer and configs come from.
+    pub(crate) fn single_file(&self, prediction_type: Option<PredictionType>) -> SingleFileOptions {
+        SingleFileOptions { tokenizer: self.tokenizer.clone(), config: self.config.clone(), prediction_type }
+    }
+
+    /// Loads the model (folder or single file).
+    pub(crate) fn load(&self, variant: Option<&str>, prediction_type: Option<PredictionType>, device: &Device) -> Result<StableDiffusion, Error> {
+        pseudoword::native::load_model(&self.model, variant, &self.single_file(prediction_type), device, self.storage)
+    }
+}
+
 fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
     // Tokenizing needs no device or weights: only the embedding files' token counts.
-    let mut tokenizer = ClipTokenizer::from_dir(&common.model.join("tokenizer"))?;
+    let mut tokenizer = if common.model.is_file() {
+        pseudoword::single_file::load_single_file_tokenizer(&common.model, &common.single_file(None))?
+    } else {
+        ClipTokenizer::from_dir(&common.model.join("tokenizer"))?
+    };
     for arg in &common.embeddings {
         let (path, token) = parse_embedding_arg(arg);
         let emb = read_embedding_file(&path, token.as_deref())?;
@@ -144,7 +170,7 @@ fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
 }
 
 fn load_with_embeddings(common: &Common, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
-    let mut enc = pseudoword::native::load_prompt_encoder_with(&common.model, variant, device, common.storage)?;
+    let mut enc = pseudoword::native::load_model_prompt_encoder(&common.model, variant, &common.single_file(None), device, common.storage)?;
     add_embeddings(&mut enc, &common.embeddings)?;
     Ok(enc)
 }

@@ -161,7 +161,7 @@ pub fn run(a: TrainArgs) -> Result<(), Error> {
         None => None,
     };
     let (device, device_name) = select_device(a.common.device)?;
-    let sd = pseudoword::native::load_stable_diffusion_with(&a.common.model, a.variant.as_deref(), &device, a.common.storage)?;
+    let sd = a.common.load(a.variant.as_deref(), None, &device)?;
     let resolution = a.resolution.unwrap_or(sd.default_size() as u32);
     let photos = if replay.is_none() {
         let files = photo_files(&a.images)?;
