@@ -57,7 +57,7 @@ export function normalizeModelUrl(raw, base) {
       if (["resolve", "tree", "blob"].includes(seg[2]) && seg[3]) {
         rev = seg[3];
         rest = seg.slice(4);
-        if (seg[2] === "blob" && rest.length) rest = rest.slice(0, -1); // a file page: its folder
+        if (seg[2] === "blob") rest = []; // a file page: the repo
       }
       url.pathname = "/" + [seg[0], seg[1], "resolve", rev, ...rest].join("/");
     }

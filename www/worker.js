@@ -145,15 +145,10 @@ async function load(msg) {
     }
     session = null;
   }
-  // Start the wasm download/compile while the model files stream in, but report
-  // "app not built" first: nothing works without it.
-  const controller = new AbortController();
-  const wasmReady = ensureWasm();
-  wasmReady.catch((err) => controller.abort(err));
-  const got = modelFiles(msg, variant, controller.signal);
-  got.catch(() => {});
-  const mod = await wasmReady;
-  const m = await got;
+  // The wasm module first: "app not built" must not cost a multi-GB download (and the
+  // model request never starts). It is small next to any real model.
+  const mod = await ensureWasm();
+  const m = await modelFiles(msg, variant, undefined);
   const { files, bytes } = m;
 
   const report = throttle((p) => {
