@@ -438,6 +438,7 @@ async function loadWith(payload, label) {
       $("gen-guidance").value = String(preset.recommend.guidance);
     }
     trainingModelLoaded(msg.info);
+    await refreshStorage().catch(() => {}); // the stored-model list is current when the state flips
     setState("loaded");
     scheduleTokenCount();
   } catch (err) {
@@ -445,9 +446,9 @@ async function loadWith(payload, label) {
     api.error = errorText(err);
     showError($("load-error"), api.error);
     $("load-status").textContent = "Loading failed.";
+    await refreshStorage().catch(() => {});
     setState("error");
   }
-  refreshStorage().then(() => updateControls(), () => {});
 }
 
 // ---------------------------------------------------------------- encoding

@@ -35,6 +35,7 @@ function fillPresets() {
     }
     const p = url && presetFor(url, $("weights").value);
     sel.value = p ? p.id : "custom";
+    if (!p) $("model-preset-help").textContent = "Custom model: any diffusers folder URL below (static host or Hugging Face repo).";
   };
   $("model-url").addEventListener("input", sync);
   $("weights").addEventListener("change", sync);

@@ -910,7 +910,7 @@ async function main() {
           await page.click("#load-button");
           const first = await waitLoaded(page);
           assert.equal(first.model.source, "network", `first load: ${JSON.stringify(first.model)}`);
-          st = await waitStorage(0);
+          st = await storage(); // refreshed before the state turned "loaded"
           assert.equal(st.models.length, 1);
           const stored = st.models[0];
           assert.ok(stored.complete && stored.bytes > 14e6 && stored.bytes < 15e6, `stored: ${JSON.stringify(stored)}`);
@@ -949,9 +949,16 @@ async function main() {
           assert.ok(third.model.resumed_files.some((r) => r.path === RESUME_FILE && r.from === from), JSON.stringify(third.model.resumed_files));
           const last = await encode(page, prompts[1]);
           const err = checkAgainstGolden(last, row(ids, 1), row(hidden, 1), "resumed model, prompt 1");
+          // local folder pick (webkitdirectory): loads without any model request
+          const mark4 = log.length;
+          await page.setInputFiles("#model-folder", path.join(REPO, "tests/fixtures/tiny-sd1"));
+          const local = await waitLoaded(page);
+          assert.equal(local.model.source, "local");
+          const reqs4 = (await Promise.all(log.slice(mark4))).filter((r) => r.url.includes("/models/"));
+          assert.deepEqual(reqs4.map((r) => r.url), [], "local load fetched model files");
           await shot(page, "xii-models");
           // 4. delete everything: list empty, usage down
-          st = await waitStorage(0);
+          st = await storage();
           assert.equal(st.models.length, 2);
           const usage = st.usage;
           for (let n = 2; n > 0; n--) {
@@ -963,7 +970,7 @@ async function main() {
           assert.ok(await page.isVisible("#cached-empty"), "empty-list note shown");
           assert.ok(st.usage < usage, `usage ${usage} -> ${st.usage}`);
           return `${unit}; ${presets.length - 1} presets; stored ${stored.bytes} B; cache load ${second.seconds.toFixed(1)} s (0 model requests) vs first ${first.seconds.toFixed(1)} s; ` +
-            `resumed ${RESUME_FILE} from byte ${from}, max|err|=${err.toExponential(2)}; usage ${(usage / 1e6).toFixed(1)} MB -> ${(st.usage / 1e6).toFixed(1)} MB`;
+            `resumed ${RESUME_FILE} from byte ${from}, max|err|=${err.toExponential(2)}; local folder ${local.seconds.toFixed(1)} s; usage ${(usage / 1e6).toFixed(1)} MB -> ${(st.usage / 1e6).toFixed(1)} MB`;
         } finally {
           await b.context.close().catch(() => {});
         }
