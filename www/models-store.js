@@ -343,7 +343,11 @@ export async function fetchModel({ url, variant, cache = true, signal: outer, on
   // allSettled semantics: every file handle is closed before the error surfaces
   await Promise.all([run(worker), run(worker), run(worker), run(worker)]);
   if (failure) {
-    await save().catch(() => {});
+    // A model that stored nothing (e.g. a 404 on the first file) leaves no entry behind.
+    if (dir && !old && fetched === 0 && !Object.values(manifest.files).some((f) => f.complete)) {
+      await saving.catch(() => {});
+      await (await modelsDir()).removeEntry(key, { recursive: true }).catch(() => {});
+    } else await save().catch(() => {});
     throw failure;
   }
   report(true);

@@ -904,6 +904,12 @@ async function main() {
           const presets = await page.$$eval("#model-preset option", (o) => o.map((x) => [x.value, x.textContent]));
           assert.equal(await page.inputValue("#model-url"), "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/", "SD 1.5 is the default");
           assert.equal(await page.inputValue("#weights"), "fp16");
+          // a 404 names the file and leaves no stored entry behind
+          await page.fill("#model-url", "/models/nope/");
+          await page.click("#load-button");
+          const nope = await waitLoaded(page, false);
+          assert.match(String(nope.error), /HTTP 404.*tokenizer\/vocab\.json not found/, nope.error);
+          assert.deepEqual((await storage()).models, [], "nothing stored after a 404");
           // 1. tiny preset: downloaded and stored
           await page.selectOption("#model-preset", "tiny");
           assert.equal(await page.inputValue("#model-url"), "/models/tiny-sd1/");
