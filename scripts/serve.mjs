@@ -11,6 +11,11 @@
 //   /                  -> www/
 //   /models/tiny-sd1/  -> tests/fixtures/tiny-sd1/   (the tiny demo model)
 //   extra --mount /models/sd15/=/path/to/stable-diffusion-v1-5 as needed.
+//
+// Single byte ranges (`Range: bytes=a-b`, `bytes=a-`, `bytes=-n`) get 206 + Content-Range
+// (416 when unsatisfiable), as static hosts and Hugging Face do; resumed downloads use them.
+// Test switch: PSEUDOWORD_SERVE_ABORT_ONCE="/url/path=BYTES[,...]" cuts the connection after
+// BYTES bytes of that file's body on its first GET (simulates an interrupted download).
 
 import { createServer } from "node:http";
 import { createReadStream } from "node:fs";
@@ -83,6 +88,29 @@ function parseArgs(argv) {
 
 const { port, mounts } = parseArgs(process.argv.slice(2));
 
+const abortOnce = new Map(); // url path -> bytes after which the first GET is cut
+for (const spec of (process.env.PSEUDOWORD_SERVE_ABORT_ONCE || "").split(",").filter(Boolean)) {
+  const eq = spec.lastIndexOf("=");
+  if (eq > 0 && /^\d+$/.test(spec.slice(eq + 1))) abortOnce.set(spec.slice(0, eq), Number(spec.slice(eq + 1)));
+}
+
+// `Range` header -> {start, end} (inclusive), "unsatisfiable", or null (ignore: whole file).
+function parseRange(header, size) {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(String(header || "").trim());
+  if (!m || (m[1] === "" && m[2] === "")) return null;
+  let start;
+  let end;
+  if (m[1] === "") {
+    start = Math.max(0, size - Number(m[2]));
+    end = size - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
+  }
+  if (start >= size || start > end) return "unsatisfiable";
+  return { start, end };
+}
+
 function mimeOf(file) {
   const base = path.basename(file).toLowerCase();
   if (base.endsWith(".d.ts")) return MIME[".d.ts"];
@@ -148,20 +176,35 @@ async function handle(req, res) {
   } catch {
     return send(res, 404, `404 not found: ${url.pathname}\n`);
   }
-  res.writeHead(200, {
+  const range = req.headers.range ? parseRange(req.headers.range, st.size) : null;
+  if (range === "unsatisfiable") {
+    return send(res, 416, "416 range not satisfiable\n", { "Content-Range": `bytes */${st.size}`, "Accept-Ranges": "bytes" });
+  }
+  const start = range ? range.start : 0;
+  const end = range ? range.end : st.size - 1;
+  res.writeHead(range ? 206 : 200, {
     "Content-Type": mimeOf(file),
-    "Content-Length": st.size,
+    "Content-Length": end - start + 1,
+    ...(range ? { "Content-Range": `bytes ${start}-${end}/${st.size}` } : {}),
+    "Accept-Ranges": "bytes",
     "Cache-Control": "no-cache",
     "Last-Modified": st.mtime.toUTCString(),
     "X-Content-Type-Options": "nosniff",
   });
-  if (req.method === "HEAD") return res.end();
-  const stream = createReadStream(file);
+  if (req.method === "HEAD" || st.size === 0) return res.end();
+  // test switch: cut this file's first GET after N bytes (see the header)
+  const cut = abortOnce.get(url.pathname);
+  if (cut !== undefined) abortOnce.delete(url.pathname);
+  const stop = cut !== undefined ? Math.min(end, start + cut - 1) : end;
+  const stream = createReadStream(file, { start, end: stop });
   stream.on("error", (err) => {
     process.stderr.write(`serve.mjs: read error ${file}: ${err.message}\n`);
     res.destroy(err);
   });
-  stream.pipe(res);
+  if (cut !== undefined) {
+    stream.on("data", (c) => res.write(c));
+    stream.on("end", () => setTimeout(() => res.destroy(), 50));
+  } else stream.pipe(res);
 }
 
 const server = createServer((req, res) => {

@@ -2,6 +2,8 @@
 // protocol at the top of that file). Tests read window.__pseudoword and body[data-state].
 
 import { initTraining, trainingModelLoaded } from "./train.js";
+import { normalizeModelUrl } from "./models.js";
+import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -42,6 +44,7 @@ function updateControls() {
   $("load-button").disabled = !gpuOk || busy;
   $("model-url").disabled = busy;
   $("weights").disabled = busy;
+  updateModelControls(busy, gpuOk);
   $("encode-button").disabled = !api.info || busy;
   $("generate-button").disabled = !canGenerate() || busy;
   $("edit-button").disabled = !canGenerate() || busy;
@@ -335,19 +338,26 @@ function resetProgress() {
   }
 }
 
+const fmtTime = (ms) => (ms < 60_000 ? `${Math.ceil(ms / 1000)} s` : `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`);
+
 function onProgress(msg) {
   if (msg.stage === "download") {
     const bar = $("download-progress");
+    const parts = [];
     if (msg.total) {
       bar.max = msg.total;
       bar.value = Math.min(msg.loaded, msg.total);
-      const pct = ((100 * msg.loaded) / msg.total).toFixed(0);
-      $("download-text").textContent = `${fmtBytes(msg.loaded)} / ${fmtBytes(msg.total)} (${pct}%)`;
+      parts.push(`${fmtBytes(msg.loaded)} / ${fmtBytes(msg.total)} (${((100 * msg.loaded) / msg.total).toFixed(0)}%)`);
     } else {
       bar.removeAttribute("value"); // indeterminate: sizes not known
-      $("download-text").textContent = `${fmtBytes(msg.loaded)}`;
+      parts.push(fmtBytes(msg.loaded));
     }
-    $("load-status").textContent = `Downloading ${msg.file || "model files"}…`;
+    if (msg.speed) parts.push(`${fmtBytes(msg.speed)}/s`);
+    if (msg.eta_ms != null && msg.speed && msg.loaded < msg.total) parts.push(`ETA ${fmtTime(msg.eta_ms)}`);
+    if (msg.cached_bytes) parts.push(`${fmtBytes(msg.cached_bytes)} from browser storage`);
+    if (msg.resumed_bytes) parts.push(`resumed after ${fmtBytes(msg.resumed_bytes)}`);
+    $("download-text").textContent = parts.join(" · ");
+    $("load-status").textContent = msg.file ? `Downloading ${msg.file}…` : "Reading the model from browser storage…";
   } else if (msg.stage === "weights") {
     const bar = $("weights-progress");
     bar.max = Math.max(1, msg.total || 1);
@@ -359,62 +369,76 @@ function onProgress(msg) {
 }
 
 const COMPONENTS = { text_encoder: "text encoder", unet: "UNet", vae: "VAE" };
-
-function normalizeBaseUrl(raw) {
-  const text = raw.trim() || "/models/tiny-sd1/";
-  const url = new URL(text, location.href);
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new Error(`Model URL must be http(s), got ${url.protocol}`);
-  }
-  if (!url.pathname.endsWith("/")) url.pathname += "/";
-  url.search = "";
-  url.hash = "";
-  return url.href;
-}
+const SOURCES = {
+  cache: "from browser storage (no download)",
+  network: "downloaded and stored in the browser",
+  partial: "partly from browser storage, the rest downloaded",
+  memory: "downloaded (kept in memory only)",
+  local: "from local files",
+};
 
 async function onLoad(event) {
-  event.preventDefault();
+  event?.preventDefault();
   if (busy || !(api.gpu && api.gpu.available)) return;
-  showError($("load-error"), "");
-  api.error = null;
   let baseUrl;
   try {
-    baseUrl = normalizeBaseUrl($("model-url").value);
+    baseUrl = normalizeModelUrl($("model-url").value.trim() || "/models/tiny-sd1/", location.href);
   } catch (err) {
+    showError($("load-error"), "");
     api.error = `Invalid model URL ${JSON.stringify($("model-url").value)}: ${errorText(err)}`;
     showError($("load-error"), api.error);
     setState("error");
     return;
   }
   const variant = $("weights").value;
+  await loadWith({ baseUrl, variant, cache: $("model-cache").checked }, `${baseUrl} (${variant})`);
+}
+
+// payload: {baseUrl, variant, cache} or {files, name, variant} (see worker.js "load")
+async function loadWith(payload, label) {
+  if (busy || !(api.gpu && api.gpu.available)) return;
+  showError($("load-error"), "");
+  api.error = null;
   api.info = null;
+  api.model = null;
   $("model-details").hidden = true;
   $("encode-result").hidden = true;
   resetGeneration();
   $("token-count").textContent = "";
   resetProgress();
-  $("load-status").textContent = `Loading ${baseUrl} (${variant})…`;
+  $("load-status").textContent = `Loading ${label}…`;
   setState("loading");
   try {
     // f16 weight storage halves GPU memory where the adapter has shader-f16 (compute stays f32)
     const storage = $("storage").value === "auto" ? (api.gpu && api.gpu.shaderF16 ? "f16" : "f32") : $("storage").value;
-    const msg = await request("load", { baseUrl, variant, storage }, onProgress);
+    const msg = await request("load", { ...payload, storage }, onProgress);
     api.info = msg.info;
+    api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note };
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
     fillKv($("model-info"), [
       ...Object.entries(msg.info).map(([k, v]) => [
         k,
         typeof v === "number" && k.endsWith("_ms") ? `${v.toFixed(0)} ms` : v && typeof v === "object" ? JSON.stringify(v) : v,
       ]),
+      ["source", SOURCES[msg.source] || msg.source],
       ["download", `${(msg.download_ms / 1000).toFixed(2)} s`],
       ["total load", `${(msg.total_ms / 1000).toFixed(2)} s`],
       ...fileRows,
     ]);
     $("model-details").hidden = false;
+    const resumed = msg.resumed_files?.length ? `; resumed ${msg.resumed_files.map((r) => r.path).join(", ")}` : "";
     $("load-status").textContent =
-      `Loaded ${baseUrl} (${variant})` + (canGenerate() ? ": ready to generate." : ": text encoder only (no UNet/VAE found).");
+      `Loaded ${label}, ${SOURCES[msg.source] || msg.source}${resumed}` + (canGenerate() ? ": ready to generate." : ": text encoder only (no UNet/VAE found).") +
+      (msg.note ? " " + msg.note : "");
     setupGeneration(msg.info);
+    // presets with recommended settings (SD-Turbo: 1 step, guidance 0)
+    const preset = msg.url ? presetFor(msg.url, msg.variant) : null;
+    if (preset?.recommend && canGenerate()) {
+      $("gen-steps").value = String(preset.recommend.steps);
+      $("gen-guidance").value = String(preset.recommend.guidance);
+    }
     trainingModelLoaded(msg.info);
+    await refreshStorage().catch(() => {}); // the stored-model list is current when the state flips
     setState("loaded");
     scheduleTokenCount();
   } catch (err) {
@@ -422,6 +446,7 @@ async function onLoad(event) {
     api.error = errorText(err);
     showError($("load-error"), api.error);
     $("load-status").textContent = "Loading failed.";
+    await refreshStorage().catch(() => {});
     setState("error");
   }
 }
@@ -864,6 +889,7 @@ async function onCancel() {
 // ---------------------------------------------------------------- wiring
 
 initTraining({ request, api });
+initModelManager({ api, request, load: loadWith, isBusy: () => busy, fmtBytes }).catch(() => {});
 $("load-form").addEventListener("submit", onLoad);
 $("encode-form").addEventListener("submit", onEncode);
 $("prompt").addEventListener("keydown", (event) => {

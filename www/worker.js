@@ -2,7 +2,10 @@
 //
 // Protocol (every request carries an `id`; every reply to it echoes that `id`):
 //   main -> worker
-//     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16"}
+//     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16", cache?: bool}
+//          or {id, command: "load", files: {path: File}, name, variant, storage}  (picked local files)
+//          (models.js: presets, OPFS cache with resumable downloads; cache defaults to true)
+//     {id, command: "models_delete", key}   // removes a cached model (folder models/<key> in OPFS)
 //     {id, command: "encode", prompt}
 //     {id, command: "tokenize", prompt}
 //     {id, command: "generate", params: {prompt, negative_prompt, scheduler, steps, guidance, seed?,
@@ -14,10 +17,13 @@
 //          per inversion step, then as generate (original_* = the photo's reconstruction, edit: true)
 //     {id, command: "cancel"}          // handled at once, never queued (see below)
 //   worker -> main
-//     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file}
+//     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file,
+//          cached_bytes, resumed_bytes /* already on disk */, fetched_bytes, speed /* B/s */, eta_ms}
 //     {id, status: "progress", stage: "weights", component: "text_encoder" | "unet" | "vae",
 //          loaded, total /* tensors of that component */, key}
-//     {id, status: "loaded", info, files: {path: bytes}, download_ms, total_ms}
+//     {id, status: "loaded", info, files: {path: bytes}, download_ms, total_ms, url, variant,
+//          source: "cache" | "network" | "partial" | "memory" | "local", cache_key, cached_files,
+//          resumed_files: [{path, from}], note /* e.g. OPFS unavailable */}
 //     {id, status: "result", command: "encode", result: {input_ids, tokens, shape, data: Float32Array,
 //                                                        millis, min, max, mean, std}}
 //     {id, status: "result", command: "tokenize", result: {input_ids, ids, tokens}}
@@ -38,25 +44,7 @@
 
 import { makeTrainHandlers } from "./worker-train.js";
 
-const WEIGHTS = {
-  fp32: "text_encoder/model.safetensors",
-  fp16: "text_encoder/model.fp16.safetensors",
-};
-const REQUIRED = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json"];
-const OPTIONAL = [
-  "tokenizer/tokenizer_config.json",
-  "tokenizer/special_tokens_map.json",
-  "model_index.json",
-  "scheduler/scheduler_config.json",
-  "unet/config.json",
-  "vae/config.json",
-];
-// UNet and VAE weights: optional (without them the model only encodes), variant as selected;
-// when the selected variant is missing the other one is used.
-const COMPONENT_WEIGHTS = {
-  fp32: ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"],
-  fp16: ["unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"],
-};
+import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName } from "./models.js";
 
 let wasm = null; // the imported ./pkg/pseudoword.js module, initialised
 let session = null;
@@ -122,115 +110,31 @@ function throttle(fn, ms) {
   };
 }
 
-// Fetch one file as a Blob built from the streamed chunks (no single giant ArrayBuffer).
-async function fetchBlob(url, { optional, signal, onHeaders, onChunk }) {
-  let response;
-  try {
-    response = await fetch(url, { signal, cache: "no-cache" });
-  } catch (err) {
-    if (signal.aborted) throw signal.reason ?? err;
-    throw new Error(`Network error fetching ${url}: ${errorMessage(err)} (server down, wrong host, or blocked by CORS).`);
-  }
-  if (!response.ok) {
-    if (optional && response.status === 404) {
-      onHeaders(0, true);
-      return null;
+// Model files: picked local files (msg.files), else the cache / a (resumable) download.
+async function modelFiles(msg, variant, signal) {
+  const id = msg.id;
+  if (msg.files) {
+    const { files, missing } = selectFiles(msg.files, variant);
+    if (missing.length) {
+      throw new Error(`The picked files lack ${missing.join(", ")}: pick the model's folder (diffusers layout) or all of its files.`);
     }
-    throw new Error(`HTTP ${response.status}${response.statusText ? " " + response.statusText : ""} for ${url}`);
+    const bytes = Object.fromEntries(Object.entries(files).map(([p, f]) => [p, f.size]));
+    return { files, bytes, source: "local", key: null, cached_files: 0, resumed_files: [], ms: 0, note: "", name: msg.name || "local" };
   }
-  const encoding = response.headers.get("Content-Encoding");
-  const lengthHeader = response.headers.get("Content-Length");
-  // A compressed body's Content-Length counts compressed bytes, the reader yields decoded ones.
-  const length = lengthHeader !== null && (!encoding || encoding === "identity") ? Number(lengthHeader) : null;
-  onHeaders(Number.isFinite(length) ? length : null);
-  const type = response.headers.get("Content-Type") || "application/octet-stream";
-  if (!response.body) {
-    const blob = await response.blob();
-    onChunk(blob.size);
-    return blob;
-  }
-  const reader = response.body.getReader();
-  const chunks = [];
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    onChunk(value.byteLength);
-  }
-  return new Blob(chunks, { type });
-}
-
-async function download(id, baseUrl, variant, controller) {
-  const base = new URL(baseUrl, self.location.href);
-  if (!base.pathname.endsWith("/")) base.pathname += "/";
-  const other = variant === "fp16" ? "fp32" : "fp16";
-  const wanted = [
-    ...REQUIRED.map((p) => ({ path: p, optional: false })),
-    { path: WEIGHTS[variant], optional: false },
-    ...OPTIONAL.map((p) => ({ path: p, optional: true })),
-    ...COMPONENT_WEIGHTS[variant].map((p, i) => ({ path: p, optional: true, fallback: COMPONENT_WEIGHTS[other][i] })),
-  ];
-  const sizes = new Map(); // path -> bytes (null = unknown), known once headers arrive
-  let loaded = 0;
-  let current = "";
-  const report = throttle(() => {
-    const known = sizes.size === wanted.length && [...sizes.values()].every((s) => s !== null);
-    const total = known ? [...sizes.values()].reduce((a, b) => a + b, 0) : null;
-    postMessage({ id, status: "progress", stage: "download", loaded, total, file: current });
-  }, 100);
-
-  const t0 = performance.now();
-  const results = await Promise.all(
-    wanted.map(async ({ path, optional, fallback }) => {
-      const get = (p, onHeaders) =>
-        fetchBlob(new URL(p, base).href, {
-          optional: optional || p === fallback,
-          signal: controller.signal,
-          onHeaders,
-          onChunk: (n) => {
-            loaded += n;
-            current = p;
-            report(false);
-          },
-        });
-      // Sizes count once the (final) response's headers are in; a 404 with a fallback waits.
-      const known = (len) => {
-        sizes.set(path, len);
-        report(false);
-      };
-      try {
-        const blob = await get(path, (len, missing) => {
-          if (!(missing && fallback)) known(len);
-        });
-        if (blob === null && fallback) {
-          // Selected variant absent: take the other one (keyed by its own file name).
-          return [fallback, await get(fallback, known)];
-        }
-        return [path, blob];
-      } catch (err) {
-        controller.abort(err);
-        throw err;
-      }
-    }),
-  ).catch((err) => {
-    controller.abort(err);
-    throw err;
+  const url = normalizeModelUrl(msg.baseUrl, self.location.href);
+  const r = await fetchModel({
+    url,
+    variant,
+    cache: msg.cache !== false,
+    signal,
+    onProgress: (p) => postMessage({ id, status: "progress", stage: "download", ...p }),
   });
-  report(true);
-  const files = {};
-  const bytes = {};
-  for (const [path, blob] of results) {
-    if (blob) {
-      files[path] = blob;
-      bytes[path] = blob.size;
-    }
-  }
-  return { files, bytes, ms: performance.now() - t0 };
+  return { ...r, url, name: modelName(url).split("/").pop() || "model" };
 }
 
 async function load(msg) {
   const { id } = msg;
-  const variant = msg.variant in WEIGHTS ? msg.variant : "fp32";
+  const variant = msg.variant === "fp16" ? "fp16" : "fp32";
   const t0 = performance.now();
   // A new load replaces the model: release the old one's GPU memory first.
   if (session) {
@@ -241,15 +145,11 @@ async function load(msg) {
     }
     session = null;
   }
-  // Start the wasm download/compile while the model files stream in, but report
-  // "app not built" first: nothing works without it.
-  const controller = new AbortController();
-  const wasmReady = ensureWasm();
-  wasmReady.catch((err) => controller.abort(err));
-  const downloaded = download(id, msg.baseUrl, variant, controller);
-  downloaded.catch(() => {});
-  const mod = await wasmReady;
-  const { files, bytes, ms } = await downloaded;
+  // The wasm module first: "app not built" must not cost a multi-GB download (and the
+  // model request never starts). It is small next to any real model.
+  const mod = await ensureWasm();
+  const m = await modelFiles(msg, variant, undefined);
+  const { files, bytes } = m;
 
   const report = throttle((p) => {
     postMessage({
@@ -264,8 +164,8 @@ async function load(msg) {
   }, 50);
   let component = null;
   let s;
-  // The model's name for image metadata (A1111 "Model:"): the last segment of its URL.
-  files.__name = new URL(msg.baseUrl, self.location.href).pathname.split("/").filter(Boolean).pop() || "model";
+  // The model's name for image metadata (A1111 "Model:").
+  files.__name = m.name;
   // Weights in GPU memory: f16 halves it (needs the adapter's shader-f16); compute is f32.
   files.__storage = msg.storage === "f16" ? "f16" : "f32";
   try {
@@ -284,9 +184,21 @@ async function load(msg) {
     status: "loaded",
     info: plain(session.info()),
     files: bytes,
-    download_ms: ms,
+    download_ms: m.ms,
     total_ms: performance.now() - t0,
+    source: m.source,
+    cache_key: m.key,
+    cached_files: m.cached_files,
+    resumed_files: m.resumed_files,
+    note: m.note,
+    url: m.url ?? null,
+    variant,
   });
+}
+
+async function modelsDelete({ id, key }) {
+  await deleteCached(String(key));
+  postMessage({ id, status: "result", command: "models_delete", result: { key } });
 }
 
 function requireSession() {
@@ -487,7 +399,7 @@ function cancel({ id }) {
 }
 
 const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop });
-const HANDLERS = { load, encode, tokenize, generate, edit: generate, ...TRAIN.queued };
+const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {

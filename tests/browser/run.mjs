@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
@@ -18,7 +18,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:f
 import { tmpdir } from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
@@ -50,8 +50,13 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii"]);
+// Case xii: the same tiny model under a second URL whose first text-encoder download the server
+// cuts after RESUME_CUT bytes (scripts/serve.mjs PSEUDOWORD_SERVE_ABORT_ONCE).
+const RESUME_PREFIX = "/models/tiny-resume/";
+const RESUME_FILE = "text_encoder/model.safetensors";
+const RESUME_CUT = 2_000_000;
 const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x", "xi"]);
 // The native CLI (built by `cargo test`), for comparing browser training with a native run.
 const CLI = process.env.PSEUDOWORD_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, "target"), "debug/pseudoword");
@@ -112,9 +117,11 @@ function maxAbsDiff(a, b) {
 
 function startServer() {
   const extra = PKG_DIR ? ["--mount", `/pkg/=${PKG_DIR}`] : [];
+  extra.push("--mount", `${RESUME_PREFIX}=${path.join(REPO, "tests/fixtures/tiny-sd1")}`);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0", ...extra], {
       cwd: REPO,
+      env: { ...process.env, PSEUDOWORD_SERVE_ABORT_ONCE: `${RESUME_PREFIX}${RESUME_FILE}=${RESUME_CUT}` },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";
@@ -350,6 +357,64 @@ async function downloadPng(page, seed) {
 // ------------------------------------------------------------------ cases
 
 const results = [];
+
+// Case xii helpers: wait for a load started by a click; pure checks of www/models.js in node.
+async function waitLoaded(page, mustLoad = true) {
+  const t0 = Date.now();
+  await page.waitForFunction(() => document.body.dataset.state === "loading", null, { timeout: 10_000 }).catch(() => {});
+  await page.waitForFunction(() => ["loaded", "error"].includes(document.body.dataset.state), null, { timeout: LOAD_TIMEOUT, polling: 250 });
+  const s = await page.evaluate(() => ({
+    state: window.__pseudoword.state, error: window.__pseudoword.error, model: window.__pseudoword.model,
+    status: document.getElementById("load-status").textContent,
+  }));
+  if (mustLoad) assert.equal(s.state, "loaded", `load failed: ${s.error}`);
+  return { ...s, seconds: (Date.now() - t0) / 1000 };
+}
+
+async function modelsUnitChecks() {
+  const m = await import(pathToFileURL(path.join(REPO, "www/models.js")).href);
+  const base = "http://127.0.0.1:9/";
+  const urls = Object.fromEntries(m.PRESETS.map((p) => [p.id, [m.presetUrl(p, base), p.variant]]));
+  assert.deepEqual(urls, {
+    sd15: ["https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/", "fp16"],
+    "sd21-base": ["https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/", "fp16"],
+    "sd-turbo": ["https://huggingface.co/stabilityai/sd-turbo/resolve/main/", "fp16"],
+    "bk-sdm-small": ["https://huggingface.co/nota-ai/bk-sdm-small/resolve/main/", "fp32"],
+    tiny: ["http://127.0.0.1:9/models/tiny-sd1/", "fp32"],
+  });
+  assert.deepEqual(m.PRESETS.find((p) => p.id === "sd-turbo").recommend, { steps: 1, guidance: 0 });
+  const n = (u) => m.normalizeModelUrl(u, base);
+  assert.equal(n("https://huggingface.co/ORG/NAME"), "https://huggingface.co/ORG/NAME/resolve/main/");
+  assert.equal(n(" https://huggingface.co/ORG/NAME/ "), "https://huggingface.co/ORG/NAME/resolve/main/");
+  assert.equal(n("https://huggingface.co/ORG/NAME/tree/fp16"), "https://huggingface.co/ORG/NAME/resolve/fp16/");
+  assert.equal(n("https://huggingface.co/ORG/NAME/blob/main/unet/config.json"), "https://huggingface.co/ORG/NAME/resolve/main/");
+  assert.equal(n("https://huggingface.co/ORG/NAME/resolve/main/sub"), "https://huggingface.co/ORG/NAME/resolve/main/sub/");
+  assert.equal(n("https://example.com/m/sd?x=1#y"), "https://example.com/m/sd/");
+  assert.equal(n("/models/tiny-sd1"), "http://127.0.0.1:9/models/tiny-sd1/");
+  assert.throws(() => n("ftp://example.com/x/"), /http/);
+  assert.equal(m.findPreset("https://huggingface.co/stabilityai/sd-turbo/resolve/main/", "fp16", base).id, "sd-turbo");
+  assert.notEqual(m.cacheKey(urls.sd15[0], "fp16"), m.cacheKey(urls.sd15[0], "fp32"));
+  // picked files: a folder (top folder stripped) and loose files (placed by name and content)
+  const dir = path.join(REPO, "tests/fixtures/tiny-sd1");
+  const rels = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder/model.fp16.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "model_index.json"];
+  const file = (rel, withDir) => {
+    const f = new File([readFileSync(path.join(dir, rel))], path.basename(rel));
+    Object.defineProperty(f, "webkitRelativePath", { value: withDir ? `tiny-sd1/${rel}` : "" });
+    return f;
+  };
+  for (const withDir of [true, false]) {
+    const mapped = await m.mapPickedFiles(rels.map((r) => file(r, withDir)));
+    assert.deepEqual(Object.keys(mapped).sort(), [...rels].sort(), `mapped (${withDir ? "folder" : "loose files"})`);
+    const sel = m.selectFiles(mapped, "fp16");
+    assert.deepEqual(sel.missing, []);
+    assert.ok("text_encoder/model.fp16.safetensors" in sel.files && !("text_encoder/model.safetensors" in sel.files), "fp16 text encoder chosen");
+    assert.ok("unet/diffusion_pytorch_model.safetensors" in sel.files, "fp32 UNet as the fp16 fallback");
+  }
+  assert.deepEqual(m.selectFiles({}, "fp32").missing.length, 4);
+  return "unit: 5 preset URLs, 8 URL normalisations, picked-file mapping ok";
+}
 
 async function runCase(id, title, fn) {
   const t0 = Date.now();
@@ -813,6 +878,106 @@ async function main() {
         assert.ok(dRec < IMAGE_TOLERANCE, `reconstruction differs from the CLI's by ${dRec}`);
         assert.ok(effect > 1e-3, `the edit changed the photo (max diff to the reconstruction ${effect})`);
         return `3 steps at 64x64 (null-text 2 iterations, ITO 2) in ${(g.elapsed_ms / 1000).toFixed(1)} s; vs CLI: edit ${d.toExponential(2)}, reconstruction ${dRec.toExponential(2)}; edit vs reconstruction ${effect.toFixed(3)}; strips 2x5 tiles`;
+      });
+    }
+
+    if (cases.has("xii")) {
+      await runCase("xii", "model manager: presets, OPFS cache (reload: no download), resumed download (Range), delete", async () => {
+        const unit = await modelsUnitChecks();
+        assert.ok(built, "www/pkg/pseudoword.js missing: run scripts/build-web.sh");
+        const b = await launch("models", WEBGPU_FLAGS); // own profile: empty OPFS
+        const log = []; // {url, range} of this profile's requests
+        b.context.on("request", (r) => log.push(r.allHeaders().then((h) => ({ url: r.url(), range: h.range || null }))));
+        const page = b.page;
+        const storage = () => page.evaluate(() => window.__pseudoword.storage);
+        const waitStorage = async (seq) => {
+          await page.waitForFunction((s) => (window.__pseudoword.storage?.seq || 0) > s, seq, { timeout: 30_000 });
+          return storage();
+        };
+        try {
+          await open(page, base);
+          let st = await waitStorage(0);
+          assert.ok(st.opfs, "OPFS available");
+          assert.deepEqual(st.models, [], "fresh profile: nothing stored");
+          const presets = await page.$$eval("#model-preset option", (o) => o.map((x) => [x.value, x.textContent]));
+          assert.equal(await page.inputValue("#model-url"), "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/", "SD 1.5 is the default");
+          assert.equal(await page.inputValue("#weights"), "fp16");
+          // a 404 names the file and leaves no stored entry behind
+          await page.fill("#model-url", "/models/nope/");
+          await page.click("#load-button");
+          const nope = await waitLoaded(page, false);
+          assert.match(String(nope.error), /HTTP 404.*tokenizer\/vocab\.json not found/, nope.error);
+          assert.deepEqual((await storage()).models, [], "nothing stored after a 404");
+          // 1. tiny preset: downloaded and stored
+          await page.selectOption("#model-preset", "tiny");
+          assert.equal(await page.inputValue("#model-url"), "/models/tiny-sd1/");
+          await page.click("#load-button");
+          const first = await waitLoaded(page);
+          assert.equal(first.model.source, "network", `first load: ${JSON.stringify(first.model)}`);
+          st = await storage(); // refreshed before the state turned "loaded"
+          assert.equal(st.models.length, 1);
+          const stored = st.models[0];
+          assert.ok(stored.complete && stored.bytes > 14e6 && stored.bytes < 15e6, `stored: ${JSON.stringify(stored)}`);
+          assert.match(await page.textContent("#cached-models li"), /tiny-sd1 \(fp32\) 1\d\.\d MiB/, "list shows name and size");
+          // 2. reload the page, load again: no request for model files
+          await page.reload();
+          await open(page, base);
+          st = await waitStorage(0);
+          const mark = log.length;
+          await page.selectOption("#model-preset", "tiny");
+          await page.click("#load-button");
+          const second = await waitLoaded(page);
+          const reqs2 = (await Promise.all(log.slice(mark))).filter((r) => r.url.includes("/models/"));
+          assert.deepEqual(reqs2.map((r) => r.url), [], "second load fetched model files");
+          assert.equal(second.model.source, "cache");
+          assert.match(second.status, /from browser storage/, "status says it came from the cache");
+          assert.match(await page.textContent("#download-text"), /from browser storage/);
+          // 3. interrupted download, then resumed with Range
+          await page.fill("#model-url", RESUME_PREFIX);
+          await page.selectOption("#weights", "fp32");
+          await page.click("#load-button");
+          const cut = await waitLoaded(page, false);
+          assert.equal(cut.state, "error", "the cut download fails");
+          assert.match(cut.error, /text_encoder\/model\.safetensors.*interrupted.*resume/i, `message: ${cut.error}`);
+          st = await storage();
+          assert.ok(st.models.some((m) => m.url.endsWith(RESUME_PREFIX) && !m.complete), "incomplete entry listed");
+          const mark3 = log.length;
+          await page.click("#load-button");
+          const third = await waitLoaded(page);
+          const reqs3 = await Promise.all(log.slice(mark3));
+          const ranged = reqs3.find((r) => r.url.endsWith(RESUME_PREFIX + RESUME_FILE));
+          assert.ok(ranged && /^bytes=\d+-$/.test(ranged.range || ""), `Range sent: ${JSON.stringify(ranged)}`);
+          const from = Number(/\d+/.exec(ranged.range)[0]);
+          assert.ok(from > 0 && from <= RESUME_CUT, `resumed from ${from}`);
+          assert.equal(third.model.source, "partial");
+          assert.ok(third.model.resumed_files.some((r) => r.path === RESUME_FILE && r.from === from), JSON.stringify(third.model.resumed_files));
+          const last = await encode(page, prompts[1]);
+          const err = checkAgainstGolden(last, row(ids, 1), row(hidden, 1), "resumed model, prompt 1");
+          // local folder pick (webkitdirectory): loads without any model request
+          const mark4 = log.length;
+          await page.setInputFiles("#model-folder", path.join(REPO, "tests/fixtures/tiny-sd1"));
+          const local = await waitLoaded(page);
+          assert.equal(local.model.source, "local");
+          const reqs4 = (await Promise.all(log.slice(mark4))).filter((r) => r.url.includes("/models/"));
+          assert.deepEqual(reqs4.map((r) => r.url), [], "local load fetched model files");
+          await shot(page, "xii-models");
+          // 4. delete everything: list empty, usage down
+          st = await storage();
+          assert.equal(st.models.length, 2);
+          const usage = st.usage;
+          for (let n = 2; n > 0; n--) {
+            const seq = (await storage()).seq;
+            await page.click("#cached-models li button[data-action=delete]");
+            st = await waitStorage(seq);
+            assert.equal(st.models.length, n - 1);
+          }
+          assert.ok(await page.isVisible("#cached-empty"), "empty-list note shown");
+          assert.ok(st.usage < usage, `usage ${usage} -> ${st.usage}`);
+          return `${unit}; ${presets.length - 1} presets; stored ${stored.bytes} B; cache load ${second.seconds.toFixed(1)} s (0 model requests) vs first ${first.seconds.toFixed(1)} s; ` +
+            `resumed ${RESUME_FILE} from byte ${from}, max|err|=${err.toExponential(2)}; local folder ${local.seconds.toFixed(1)} s; usage ${(usage / 1e6).toFixed(1)} MB -> ${(st.usage / 1e6).toFixed(1)} MB`;
+        } finally {
+          await b.context.close().catch(() => {});
+        }
       });
     }
   } finally {

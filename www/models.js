@@ -1,0 +1,167 @@
+// Model manager: presets, URL normalisation, picked-file mapping (pure functions, also
+// importable from node for tests) and the browser-storage cache used by worker.js:
+// one OPFS folder per (model URL, variant) under models/, with a manifest.json
+//   {version, key, url, name, variant, created, last_used, complete, bytes,
+//    files: {path: {name, size, complete} | {missing: true}}}
+// Downloads stream chunk by chunk into OPFS files (`<name>.part` until complete); an
+// interrupted download resumes with `Range: bytes=N-` (appends on 206, restarts on 200).
+// Without OPFS (or with caching off) files are kept as in-memory Blobs.
+
+export const HF = "https://huggingface.co/";
+const GB = 1e9;
+export const PRESETS = [
+  { id: "sd15", name: "Stable Diffusion 1.5 (fp16)", repo: "stable-diffusion-v1-5/stable-diffusion-v1-5", variant: "fp16", size: 2.13 * GB, default: true },
+  { id: "sd21-base", name: "Stable Diffusion 2.1-base (fp16)", repo: "stabilityai/stable-diffusion-2-1-base", variant: "fp16", size: 2.6 * GB },
+  { id: "sd-turbo", name: "SD-Turbo (fp16, 1 step)", repo: "stabilityai/sd-turbo", variant: "fp16", size: 2.6 * GB, recommend: { steps: 1, guidance: 0 } },
+  { id: "bk-sdm-small", name: "BK-SDM-Small, distilled SD 1.4 (fp32)", repo: "nota-ai/bk-sdm-small", variant: "fp32", size: 2.76 * GB },
+  { id: "tiny", name: "Tiny demo model (ships with the app, offline)", url: "/models/tiny-sd1/", variant: "fp32", size: 14.4e6 },
+];
+
+// Files of a diffusers folder, in the order they are fetched. Weights follow the variant;
+// UNet/VAE weights are optional and fall back to the other variant.
+const TE = { fp32: "text_encoder/model.safetensors", fp16: "text_encoder/model.fp16.safetensors" };
+const CW = {
+  fp32: ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"],
+  fp16: ["unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"],
+};
+const REQUIRED = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json"];
+const OPTIONAL = ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "model_index.json",
+  "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json"];
+
+export function wantedFiles(variant) {
+  const v = variant === "fp16" ? "fp16" : "fp32";
+  const o = v === "fp16" ? "fp32" : "fp16";
+  return [
+    ...REQUIRED.map((path) => ({ path, optional: false })),
+    { path: TE[v], optional: false },
+    ...OPTIONAL.map((path) => ({ path, optional: true })),
+    ...CW[v].map((path, i) => ({ path, optional: true, fallback: CW[o][i] })),
+  ];
+}
+
+// Any http(s) folder URL -> absolute URL ending in "/"; a Hugging Face repo page
+// (https://huggingface.co/ORG/NAME[/tree/REV[/...]]) -> .../ORG/NAME/resolve/REV/.
+export function normalizeModelUrl(raw, base) {
+  const text = String(raw ?? "").trim();
+  if (!text) throw new Error("empty model URL");
+  const url = new URL(text, base);
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`Model URL must be http(s), got ${url.protocol}`);
+  url.search = "";
+  url.hash = "";
+  if (url.hostname === "huggingface.co" || url.hostname === "www.huggingface.co") {
+    url.hostname = "huggingface.co";
+    const seg = url.pathname.split("/").filter(Boolean);
+    if (seg.length >= 2 && !["spaces", "datasets", "api"].includes(seg[0])) {
+      let rev = "main";
+      let rest = [];
+      if (["resolve", "tree", "blob"].includes(seg[2]) && seg[3]) {
+        rev = seg[3];
+        rest = seg.slice(4);
+        if (seg[2] === "blob") rest = []; // a file page: the repo
+      }
+      url.pathname = "/" + [seg[0], seg[1], "resolve", rev, ...rest].join("/");
+    }
+  }
+  if (!url.pathname.endsWith("/")) url.pathname += "/";
+  return url.href;
+}
+
+export function presetUrl(preset, base) {
+  return normalizeModelUrl(preset.url ?? HF + preset.repo, base);
+}
+
+export function findPreset(url, variant, base) {
+  return PRESETS.find((p) => presetUrl(p, base) === url && p.variant === variant) || null;
+}
+
+// The model's display name: "ORG/NAME" for Hugging Face, else the last path segment.
+export function modelName(url) {
+  const u = new URL(url);
+  const seg = u.pathname.split("/").filter(Boolean);
+  if (u.hostname === "huggingface.co" && seg[2] === "resolve") return `${seg[0]}/${seg[1]}`;
+  return seg.pop() || u.hostname;
+}
+
+// OPFS folder name of (url, variant): readable slug + FNV-1a hash of the full key.
+export function cacheKey(url, variant) {
+  const s = `${url}#${variant}`;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  const slug = modelName(url).replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 40);
+  return `${slug}-${variant}-${h.toString(16).padStart(8, "0")}`;
+}
+
+// Picked files -> {relative path: File}. A folder pick (webkitRelativePath "top/unet/x")
+// drops the top folder; loose files are placed by name, and config.json / *.safetensors
+// by their content (class name / tensor names).
+export async function mapPickedFiles(files) {
+  const out = {};
+  const BY_NAME = { "vocab.json": "tokenizer/", "merges.txt": "tokenizer/", "tokenizer_config.json": "tokenizer/",
+    "special_tokens_map.json": "tokenizer/", "scheduler_config.json": "scheduler/", "model_index.json": "" };
+  for (const f of files) {
+    const rel = f.webkitRelativePath || "";
+    if (rel.includes("/")) {
+      out[rel.split("/").slice(1).join("/")] = f;
+      continue;
+    }
+    let dir = BY_NAME[f.name];
+    if (dir === undefined && f.name === "config.json") dir = await sniffConfig(f);
+    if (dir === undefined && f.name.endsWith(".safetensors")) dir = await sniffSafetensors(f);
+    if (dir !== undefined && dir !== null) out[dir + f.name] = f;
+  }
+  return out;
+}
+
+async function sniffConfig(f) {
+  try {
+    const j = JSON.parse(await f.text());
+    const c = String(j._class_name || (j.architectures || [])[0] || j.model_type || "");
+    if (/UNet/i.test(c)) return "unet/";
+    if (/Autoencoder|VAE/i.test(c)) return "vae/";
+    if (/CLIP|clip_text/i.test(c)) return "text_encoder/";
+  } catch {
+    /* not JSON */
+  }
+  return null;
+}
+
+async function sniffSafetensors(f) {
+  try {
+    const n = Number(new DataView(await f.slice(0, 8).arrayBuffer()).getBigUint64(0, true));
+    const keys = Object.keys(JSON.parse(await f.slice(8, 8 + Math.min(n, 1 << 24)).text()));
+    if (keys.some((k) => k.startsWith("text_model."))) return "text_encoder/";
+    if (keys.some((k) => k.startsWith("time_embedding.") || k.startsWith("down_blocks."))) return "unet/";
+    if (keys.some((k) => k.startsWith("encoder.") || k.startsWith("decoder.") || k.startsWith("quant_conv"))) return "vae/";
+  } catch {
+    /* not safetensors */
+  }
+  return null;
+}
+
+// From {path: Blob} keep what the wanted list of `variant` needs (other variant as fallback).
+export function selectFiles(all, variant) {
+  const files = {};
+  const missing = [];
+  for (const { path, optional, fallback } of wantedFiles(variant)) {
+    let p = path in all ? path : fallback && fallback in all ? fallback : null;
+    if (!p && path.startsWith("text_encoder/model")) p = Object.values(TE).find((q) => q in all) || null;
+    if (p) files[p] = all[p];
+    else if (!optional) missing.push(path);
+  }
+  return { files, missing };
+}
+
+export function fmtBytes(n) {
+  if (n == null || !Number.isFinite(n)) return "?";
+  if (n < 1024) return `${n} B`;
+  const u = ["KB", "MB", "GB", "TB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
+}
+
+export { opfsAvailable, listCached, deleteCached, fetchModel } from "./models-store.js";
