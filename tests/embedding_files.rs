@@ -12,6 +12,7 @@ use std::process::Command;
 
 use base64::Engine;
 use burn::tensor::{Device, Tensor};
+use common::alloc::largest_allocation;
 use common::*;
 use pseudoword::embedding_files::pickle::{PickleValue, PickleWriter, StorageDtype, unpickle};
 use pseudoword::embedding_files::torch_zip::write_zip;

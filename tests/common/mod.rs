@@ -11,7 +11,6 @@ pub mod alloc;
 pub mod cli;
 pub mod reference_clip;
 pub mod sd2;
-pub use alloc::largest_allocation;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
