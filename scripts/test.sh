@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: everything CI runs.
-#   1. test needs: system Chromium (apt) and tests/browser's npm packages (npm ci)
+#   1. test needs: system Chromium and Mesa's software Vulkan (apt), tests/browser's npm packages (npm ci)
 #   2. native tests: cargo test -j2
 #   3. the web build: scripts/ensure-tools.sh + scripts/build-web.sh
 #   4. browser end-to-end tests: node tests/browser/run.mjs (headless Chromium, WebGPU on SwiftShader)
@@ -25,9 +25,11 @@ as_root() {
 }
 
 phase "test needs (chromium, npm ci)"
-if [[ ! -x /usr/bin/chromium ]]; then
+# mesa-vulkan-drivers: lavapipe, the software Vulkan adapter the native wgpu tests
+# (tests/flash_attention.rs: the WGSL kernels) run on where there is no GPU.
+if [[ ! -x /usr/bin/chromium ]] || ! dpkg -s mesa-vulkan-drivers >/dev/null 2>&1; then
   as_root apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver mesa-vulkan-drivers libvulkan1
 fi
 command -v node >/dev/null || { echo "test.sh: node (>= 18) is required" >&2; exit 1; }
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)

@@ -7,6 +7,7 @@
 
 pub mod embedding_files;
 pub mod error;
+pub mod kernels;
 pub mod loader;
 pub mod models;
 pub mod pipeline;

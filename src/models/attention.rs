@@ -43,13 +43,36 @@ impl AttnCapture {
     }
 }
 
-/// `softmax(q k^T * scale) v`, the query dimension in chunks of `query_chunk_size` (`None`: all
-/// at once). With `keep_probs` the probabilities are returned too (concatenated over chunks).
+/// `softmax(q k^T * scale) v`. Without `keep_probs`, on a wgpu / WebGPU device and outside
+/// autodiff, this is the WGSL flash-attention kernel
+/// ([`crate::kernels::flash_attention::try_flash_attention`]: no probabilities in memory at
+/// all); otherwise [`sdpa_reference`] (query chunks of `query_chunk_size`).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, queries, d]`, `k`: `[batch, heads, keys, d]`, `v`: `[batch, heads, keys, dv]`
 /// - output: `[batch, heads, queries, dv]`, probabilities `[batch, heads, queries, keys]`
 pub fn scaled_dot_product_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    query_chunk_size: Option<usize>,
+    keep_probs: bool,
+) -> (Tensor<4>, Option<Tensor<4>>) {
+    if !keep_probs && let Some(out) = crate::kernels::flash_attention::try_flash_attention(&q, &k, &v, scale) {
+        return (out, None);
+    }
+    sdpa_reference(q, k, v, scale, query_chunk_size, keep_probs)
+}
+
+/// The plain-burn attention: `softmax(q k^T * scale) v`, the query dimension in chunks of
+/// `query_chunk_size` (`None`: all at once), so at most `[batch, heads, chunk, keys]`
+/// probabilities exist at a time. With `keep_probs` the probabilities are returned too
+/// (concatenated over chunks). The reference of `shaders/flash_attention.wgsl`.
+///
+/// # Shapes
+/// as [`scaled_dot_product_attention`]
+pub fn sdpa_reference(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
