@@ -144,3 +144,17 @@ fn tiny_unet_on_wgpu_with_the_kernel_matches_diffusers() {
     assert!(launches() > before, "the UNet on wgpu did not use the kernel");
     assert_close("noise_pred_t999_int on wgpu (flash attention)", &f32s(out), &g.get("noise_pred_t999_int").f, 1e-4);
 }
+
+#[test]
+fn bench_generate_on_wgpu_uses_the_kernel_unless_told_not_to() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "generate", "--arch", "bk-sdm-tiny", "--size", "64", "--steps", "1", "--device", "wgpu"];
+        args.extend_from_slice(extra);
+        cli::json(&cli::pw(&args))
+    };
+    let with = run(&[]);
+    assert_eq!(with["device"], "wgpu");
+    assert!(with["flash_attention_launches"].as_u64().unwrap() > 0, "{with}");
+    let without = run(&["--no-flash-attention"]);
+    assert_eq!(without["flash_attention_launches"].as_u64(), Some(0), "{without}");
+}

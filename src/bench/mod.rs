@@ -127,6 +127,9 @@ pub struct BenchReport {
     pub peak_memory_bytes: u64,
     pub memory_source: String,
     pub query_chunk_size: Option<usize>,
+    /// Launches of the WGSL flash-attention kernel during the bench (0 on the CPU, or with
+    /// `--no-flash-attention`: then attention is the plain query-chunked path).
+    pub flash_attention_launches: u64,
 }
 
 fn peak_rss() -> u64 {
@@ -150,6 +153,7 @@ pub fn bench_generate(
         return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
     }
     let t0 = Instant::now();
+    let launches0 = crate::kernels::flash_attention::launches();
     let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
     let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
     let mut unet = UNet2DConditionModel::from_map(&uc, &mut map);
@@ -207,6 +211,7 @@ pub fn bench_generate(
         peak_memory_bytes,
         memory_source: memory_source.into(),
         query_chunk_size: query_chunk,
+        flash_attention_launches: crate::kernels::flash_attention::launches() - launches0,
     })
 }
 

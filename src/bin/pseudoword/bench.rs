@@ -34,6 +34,10 @@ pub struct BenchGenerate {
     /// Queries per attention chunk (memory-efficient attention); 0 = unchunked.
     #[arg(long, default_value_t = pseudoword::models::DEFAULT_QUERY_CHUNK_SIZE)]
     query_chunk: usize,
+    /// Attention without the WGSL flash-attention kernel (the plain-burn query-chunked path),
+    /// to compare the two on wgpu.
+    #[arg(long)]
+    no_flash_attention: bool,
     /// train: keep every UNet activation instead of re-running modules during backward.
     #[arg(long)]
     no_checkpointing: bool,
@@ -50,6 +54,8 @@ pub struct BenchGenerate {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
+    let (BenchCommand::Train(a) | BenchCommand::Generate(a)) = &cmd;
+    pseudoword::kernels::flash_attention::set_enabled(!a.no_flash_attention);
     match cmd {
         BenchCommand::Train(a) => {
             let (device, name) = select_device(a.device)?;
@@ -91,7 +97,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
             let steps = &report.unet_step_seconds;
             let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
             eprintln!(
-                "{:?} {}x{} on {}: {:.2} s per UNet step (mean of {}), VAE decode {:.2} s, peak memory {:.2} GiB ({})",
+                "{:?} {}x{} on {}: {:.2} s per UNet step (mean of {}), VAE decode {:.2} s, peak memory {:.2} GiB ({}), flash-attention kernel launches {}",
                 a.arch,
                 a.size,
                 a.size,
@@ -100,7 +106,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
                 steps.len(),
                 report.vae_decode_seconds,
                 report.peak_memory_bytes as f64 / (1u64 << 30) as f64,
-                report.memory_source
+                report.memory_source,
+                report.flash_attention_launches
             );
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
             Ok(())
