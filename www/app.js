@@ -2,6 +2,7 @@
 // protocol at the top of that file). Tests read window.__pseudoword and body[data-state].
 
 import { initTraining, trainingModelLoaded } from "./train.js";
+import { initLibrary, libraryModelLoaded } from "./library.js";
 import { normalizeModelUrl } from "./models.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 
@@ -438,6 +439,7 @@ async function loadWith(payload, label) {
       $("gen-guidance").value = String(preset.recommend.guidance);
     }
     trainingModelLoaded(msg.info);
+    libraryModelLoaded(msg.info);
     await refreshStorage().catch(() => {}); // the stored-model list is current when the state flips
     setState("loaded");
     scheduleTokenCount();
@@ -889,6 +891,7 @@ async function onCancel() {
 // ---------------------------------------------------------------- wiring
 
 initTraining({ request, api });
+initLibrary({ request, api });
 initModelManager({ api, request, load: loadWith, isBusy: () => busy, fmtBytes }).catch(() => {});
 $("load-form").addEventListener("submit", onLoad);
 $("encode-form").addEventListener("submit", onEncode);

@@ -2,6 +2,8 @@
 // window.__pseudoword.training: {state: "idle" | "preparing" | "running" | "paused" | "done" |
 // "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos}.
 
+import { libraryChanged } from "./library.js";
+
 const $ = (id) => document.getElementById(id);
 
 const PRESETS = {
@@ -189,9 +191,11 @@ async function startTraining(resume) {
     const payload = resume ? { resume: true, preview_steps: 10 } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })), preview_steps: 10 };
     const r = (await request("train", payload, onTrainProgress)).result;
     trained = r.step > 0;
-    setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens });
+    setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens, library: r.library || null });
+    const kept = r.library ? " It is kept in the embedding library." : r.library_error ? ` ${r.library_error}` : "";
     $("train-status").textContent =
-      r.state === "done" ? `Done: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.` : `Cancelled at step ${r.step}.`;
+      r.state === "done" ? `Done: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.${kept}` : `Cancelled at step ${r.step}.`;
+    if (r.state === "done") libraryChanged();
   } catch (err) {
     const message = err.message || String(err);
     setTraining({ state: "error", error: message });
@@ -240,18 +244,6 @@ async function refreshAutosave() {
   }
 }
 
-async function importEmbedding() {
-  const file = $("import-file").files[0];
-  if (!file) return;
-  try {
-    const bytes = new Uint8Array(await file.arrayBuffer());
-    const r = (await request("import_embedding", { name: file.name, bytes, token: $("import-token").value.trim() })).result;
-    $("import-status").textContent = `Added ${r.tokens.join(", ")} (${r.vectors} x ${r.dim}); use ${r.token} in prompts.`;
-  } catch (err) {
-    $("import-status").textContent = err.message || String(err);
-  }
-}
-
 /// Called once by app.js with its worker request function and the test API object.
 export function initTraining(options) {
   request = options.request;
@@ -295,11 +287,11 @@ export function initTraining(options) {
       trained = false;
       updateControls();
       $("train-status").textContent = `${r.tokens.join(", ")} can now be used in prompts (step ${r.step}).`;
+      libraryChanged();
     } catch (err) {
       showError($("train-error"), err.message || String(err));
     }
   });
-  $("import-file").addEventListener("change", importEmbedding);
 }
 
 /// Called by app.js after a model loaded.

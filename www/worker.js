@@ -40,9 +40,11 @@
 //     {id, status: "error", command, message}
 // Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
 // makes the running generation stop before its next step (and queued ones never start).
-// Training commands: see worker-train.js ("train_control" is answered at once too).
+// Training commands: see worker-train.js ("train_control" is answered at once too); embedding
+// library: worker-library.js.
 
 import { makeTrainHandlers } from "./worker-train.js";
+import { makeLibraryHandlers } from "./worker-library.js";
 
 import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName } from "./models.js";
 
@@ -398,8 +400,9 @@ function cancel({ id }) {
   postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued } });
 }
 
-const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop });
-const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued };
+const LIBRARY = makeLibraryHandlers({ getSession: () => session, ensureWasm, plain });
+const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library: LIBRARY });
+const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued, ...LIBRARY.queued };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {
