@@ -4,6 +4,7 @@
 import { initTraining, trainingModelLoaded } from "./train.js";
 import { initLibrary, libraryModelLoaded } from "./library.js";
 import { normalizeModelUrl } from "./models.js";
+import { cspBlockMessage, pagePolicy } from "./csp.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -388,6 +389,15 @@ async function onLoad(event) {
     showError($("load-error"), "");
     api.error = `Invalid model URL ${JSON.stringify($("model-url").value)}: ${errorText(err)}`;
     showError($("load-error"), api.error);
+    setState("error");
+    return;
+  }
+  // A host the page's CSP does not list would fail as a bare "Failed to fetch": say why instead.
+  const blocked = cspBlockMessage(pagePolicy(), baseUrl, location.origin);
+  if (blocked) {
+    api.error = blocked;
+    showError($("load-error"), blocked);
+    $("load-status").textContent = "Not loaded: the model host is not allowed by the page's Content-Security-Policy.";
     setState("error");
     return;
   }
