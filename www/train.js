@@ -255,6 +255,13 @@ export function initTraining(options) {
     drop.classList.add("over");
   });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  // keyboard: Enter or Space on the focused drop zone opens the file chooser
+  drop.addEventListener("keydown", (e) => {
+    if (e.target === drop && (e.key === "Enter" || e.key === " ")) {
+      e.preventDefault();
+      $("photo-input").click();
+    }
+  });
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
