@@ -8,7 +8,8 @@
 //          resolution, flip_p, batch, grad_accum, seed, checkpoint_every, preview_every},
 //          photos: [{name, bytes}],
 //          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */,
-//          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */}
+//          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */,
+//          simulate_device_lost_at /* test hook: fail as a lost GPU device after that step */}
 //     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
 //     {id, command: "export_embedding", format: "diffusers" | "a1111" | "a1111-pt" | "a1111-png"}
 //     {id, command: "finish_training"}    // the token becomes usable in prompts
@@ -142,6 +143,8 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
           eta_ms: Math.max(0, steps - step) * perStep,
           autosaved_step: autosaved,
         });
+        // test hook: behave as if the GPU device was lost after this step (the autosave is written)
+        if (msg.simulate_device_lost_at === step) throw new Error(`GPU device lost after step ${step} (simulated by the test hook)`);
       }
       // the finished embedding goes into the embedding library (a failure there is reported, not fatal)
       const kept = {};

@@ -64,11 +64,17 @@ export async function caseFlow(h) {
   await page.fill("#train-resolution", "64");
   await page.fill("#train-seed", "3");
   await page.fill("#train-preview-every", "0");
+  // the GPU device is "lost" after step 1: new worker, model loaded again, resumed from the autosave
+  await page.evaluate(() => (window.__pseudoword.testHooks.deviceLostAtStep = 1));
   await page.click("#train-start");
   await page.waitForFunction(() => ["done", "error", "cancelled"].includes(window.__pseudoword.training.state), null, { timeout: h.GENERATE_TIMEOUT });
   const tr = await page.evaluate(() => ({ ...window.__pseudoword.training }));
   assert.equal(tr.state, "done", `training: ${tr.state} ${tr.error || ""}`);
   lap("train", t);
+  await page.evaluate(() => (window.__pseudoword.testHooks.deviceLostAtStep = null));
+  assert.equal(tr.recovered, 1, "recovered once from the lost device");
+  assert.equal(tr.step, 2);
+  assert.match(await page.textContent("#train-status"), /resumed from the autosave after a lost GPU device/);
   assert.ok(tr.library && tr.library.token === TOKEN, `the trained embedding is in the library: ${JSON.stringify(tr.library)}`);
   await page.waitForSelector(entryLi(TOKEN), { timeout: 30_000 });
   let lib = await page.evaluate(() => window.__pseudoword.library.entries);
@@ -208,7 +214,15 @@ export async function caseCsp(h) {
   assert.match(text, /models\.example\.com is not allowed by this page's Content-Security-Policy/);
   assert.match(text, /add https:\/\/models\.example\.com to connect-src/);
   await h.shot(page, "xiv-csp-message");
+  // an adapter whose limits are below the model's largest tensor: which limit, its value, what to do
   await page.fill("#model-url", "/models/tiny-sd1/");
   h.forgetModel();
-  return `header = meta; fetch refused (${refused.seen[0]}); custom host message shown`;
+  await page.evaluate(() => (window.__pseudoword.testHooks.limits = { maxStorageBufferBindingSize: 1000, maxBufferSize: 1 << 30 }));
+  await page.click("#load-button");
+  await page.waitForFunction(() => ["loaded", "error"].includes(document.body.dataset.state), null, { timeout: 300_000 });
+  await page.evaluate(() => (window.__pseudoword.testHooks.limits = null));
+  const limits = await page.textContent("#load-error");
+  assert.match(limits, /This GPU's maxStorageBufferBindingSize is 0\.0 MiB \(1000 bytes\), but the model's largest tensor \(.+\) needs .+ in f32/, limits);
+  assert.match(limits, /Choose "f16"/);
+  return `header = meta; fetch refused (${refused.seen[0]}); custom host message shown; low-limit message: ${JSON.stringify(limits.slice(0, 80))}…`;
 }
