@@ -1,6 +1,7 @@
 // Training panel (UI only; the work happens in worker-train.js). Tests read
 // window.__pseudoword.training: {state: "idle" | "preparing" | "running" | "paused" | "done" |
-// "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos}.
+// "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos,
+// recovered /* resumes after a lost GPU device */, recovering /* true while one is under way */}.
 
 import { libraryChanged } from "./library.js";
 
@@ -206,19 +207,25 @@ async function startTraining(resume, recovered = 0) {
     setTraining({ state: "error", error: message });
     showError($("train-error"), message);
     // a lost device (or a crashed module): new worker, same model, continue from the autosave (once)
-    if ((err.kind === "device_lost" || err.kind === "crash") && restartGpu && !recovered) recover = message;
+    if ((err.kind === "device_lost" || err.kind === "crash") && restartGpu && !recovered) {
+      recover = message;
+      setTraining({ recovering: true });
+    }
   } finally {
     running = false;
     updateControls();
     await refreshAutosave();
   }
+  if (recover && !(api.training.autosave && api.training.autosave.exists)) setTraining({ recovering: false });
   if (recover && api.training.autosave && api.training.autosave.exists) {
     $("train-status").textContent = `GPU device lost: loading the model again and resuming from the autosave at step ${api.training.autosave.step}…`;
     try {
       await restartGpu();
       await refreshAutosave();
+      setTraining({ recovering: false });
       await startTraining(true, recovered + 1);
     } catch (err) {
+      setTraining({ recovering: false });
       showError($("train-error"), `${recover} Recovering failed: ${err.message || err}. Reload the page and choose "Resume".`);
     }
   }
