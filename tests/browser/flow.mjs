@@ -1,7 +1,7 @@
 // Browser cases xiii (the whole flow on the tiny model, with the embedding library) and xiv
 // (Content-Security-Policy in force). Imported by run.mjs, which passes its helpers in `h`:
 // {page, base, ensureModel, forgetModel, startGeneration, waitGeneration, shot, readSafetensors,
-//  readPng, REPO, GENERATE_TIMEOUT}.
+//  readPng, downloadPng, REPO, GENERATE_TIMEOUT}.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -97,7 +97,7 @@ export async function caseFlow(h) {
   assert.equal(g.state, "done", `generation with the learned token: ${g.error}`);
   lap("generate", t);
   const imageA = Array.from(g.result.image);
-  const pngA = h.readPng(Buffer.from(g.result.png)).pixels;
+  const pngA = h.readPng((await h.downloadPng(page, gen.seed)).bytes).pixels;
   t = Date.now();
   g = await h.waitGeneration(page, await h.startGeneration(page, { ...gen, suppress: TOKEN, suppressIters: 2 }));
   assert.equal(g.state, "done", `suppressing the learned token: ${g.error}`);
@@ -172,7 +172,7 @@ export async function caseFlow(h) {
   g = await h.waitGeneration(page, await h.startGeneration(page, gen));
   assert.equal(g.state, "done", `generation after the re-import: ${g.error}`);
   assert.deepEqual(Array.from(g.result.image), imageA, "same image for the same seed after download + re-import");
-  assert.deepEqual(h.readPng(Buffer.from(g.result.png)).pixels, pngA, "same PNG pixels");
+  assert.deepEqual(h.readPng((await h.downloadPng(page, gen.seed)).bytes).pixels, pngA, "same PNG pixels");
   await h.shot(page, "xiii-library");
 
   // a phone: single column, no horizontal scroll

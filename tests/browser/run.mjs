@@ -887,7 +887,7 @@ async function main() {
       });
     }
 
-    const flowHelpers = () => ({ page: main.page, base, ensureModel, forgetModel: () => (loaded = null), startGeneration, waitGeneration, shot, readSafetensors, readPng, REPO, GENERATE_TIMEOUT });
+    const flowHelpers = () => ({ page: main.page, base, ensureModel, forgetModel: () => (loaded = null), startGeneration, waitGeneration, shot, readSafetensors, readPng, downloadPng, REPO, GENERATE_TIMEOUT });
     if (cases.has("xiii")) {
       await runCase("xiii", "whole flow: train, generate with the token and suppressed, library download/rename/delete, reload, re-import by drop, same image; 375 px", async () => {
         needGeneration();
