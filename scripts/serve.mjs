@@ -14,11 +14,12 @@
 //
 // Single byte ranges (`Range: bytes=a-b`, `bytes=a-`, `bytes=-n`) get 206 + Content-Range
 // (416 when unsatisfiable), as static hosts and Hugging Face do; resumed downloads use them.
+// Every response carries the Content-Security-Policy of www/index.html's <meta> tag.
 // Test switch: PSEUDOWORD_SERVE_ABORT_ONCE="/url/path=BYTES[,...]" cuts the connection after
 // BYTES bytes of that file's body on its first GET (simulates an interrupted download).
 
 import { createServer } from "node:http";
-import { createReadStream } from "node:fs";
+import { createReadStream, readFileSync } from "node:fs";
 import { stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -88,6 +89,16 @@ function parseArgs(argv) {
 
 const { port, mounts } = parseArgs(process.argv.slice(2));
 
+// The page's Content-Security-Policy, sent as a header on every response (the same policy as the
+// <meta http-equiv> in www/index.html, read from it so the two cannot drift apart). The header
+// also covers the worker scripts, which a <meta> tag does not.
+const CSP = (() => {
+  const html = readFileSync(path.join(ROOT, "www/index.html"), "utf8");
+  const m = /<meta http-equiv="Content-Security-Policy" content="([^"]+)">/.exec(html);
+  if (!m) throw new Error("www/index.html has no Content-Security-Policy meta tag");
+  return m[1];
+})();
+
 const abortOnce = new Map(); // url path -> bytes after which the first GET is cut
 for (const spec of (process.env.PSEUDOWORD_SERVE_ABORT_ONCE || "").split(",").filter(Boolean)) {
   const eq = spec.lastIndexOf("=");
@@ -124,6 +135,7 @@ function send(res, status, body, headers = {}) {
     "Content-Length": buf.length,
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CSP,
     ...headers,
   });
   res.end(res.req.method === "HEAD" ? undefined : buf);
@@ -190,6 +202,7 @@ async function handle(req, res) {
     "Cache-Control": "no-cache",
     "Last-Modified": st.mtime.toUTCString(),
     "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CSP,
   });
   if (req.method === "HEAD" || st.size === 0) return res.end();
   // test switch: cut this file's first GET after N bytes (see the header)

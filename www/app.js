@@ -2,7 +2,9 @@
 // protocol at the top of that file). Tests read window.__pseudoword and body[data-state].
 
 import { initTraining, trainingModelLoaded } from "./train.js";
+import { initLibrary, libraryModelLoaded } from "./library.js";
 import { normalizeModelUrl } from "./models.js";
+import { cspBlockMessage, pagePolicy } from "./csp.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +23,9 @@ const api = {
   generation: { state: "idle", done: 0, total: 0, elapsed_ms: 0, eta_ms: null, result: null, error: null, seq: 0, history: [] },
   // Test hook: the next Generate passes these initial latents ([1,4,H/8,W/8] row-major, before
   // init_noise_sigma scaling, like diffusers' `latents=`) to the worker; null = seeded noise.
+  // Test hooks: `limits` replaces the adapter's limits for the next loads' size check;
+  // `deviceLostAtStep` makes the next training fail as a lost GPU device after that step.
+  testHooks: { limits: null, deviceLostAtStep: null },
   setLatents(values) {
     nextLatents = values == null ? null : Float32Array.from(values);
     return nextLatents ? nextLatents.length : 0;
@@ -298,7 +303,7 @@ function getWorker() {
       return;
     }
     pending.delete(msg.id);
-    if (msg.status === "error") p.reject(new Error(msg.message));
+    if (msg.status === "error") p.reject(Object.assign(new Error(msg.message), { kind: msg.kind || null }));
     else p.resolve(msg);
   };
   worker.onerror = (event) => {
@@ -390,13 +395,25 @@ async function onLoad(event) {
     setState("error");
     return;
   }
+  // A host the page's CSP does not list would fail as a bare "Failed to fetch": say why instead.
+  const blocked = cspBlockMessage(pagePolicy(), baseUrl, location.origin);
+  if (blocked) {
+    api.error = blocked;
+    showError($("load-error"), blocked);
+    $("load-status").textContent = "Not loaded: the model host is not allowed by the page's Content-Security-Policy.";
+    setState("error");
+    return;
+  }
   const variant = $("weights").value;
   await loadWith({ baseUrl, variant, cache: $("model-cache").checked }, `${baseUrl} (${variant})`);
 }
 
 // payload: {baseUrl, variant, cache} or {files, name, variant} (see worker.js "load")
+let lastLoad = null; // {payload, label} of the last model load (reloaded after a lost GPU device)
+
 async function loadWith(payload, label) {
   if (busy || !(api.gpu && api.gpu.available)) return;
+  lastLoad = { payload, label };
   showError($("load-error"), "");
   api.error = null;
   api.info = null;
@@ -411,7 +428,7 @@ async function loadWith(payload, label) {
   try {
     // f16 weight storage halves GPU memory where the adapter has shader-f16 (compute stays f32)
     const storage = $("storage").value === "auto" ? (api.gpu && api.gpu.shaderF16 ? "f16" : "f32") : $("storage").value;
-    const msg = await request("load", { ...payload, storage }, onProgress);
+    const msg = await request("load", { ...payload, storage, simulate_limits: api.testHooks.limits || undefined }, onProgress);
     api.info = msg.info;
     api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note };
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
@@ -438,6 +455,7 @@ async function loadWith(payload, label) {
       $("gen-guidance").value = String(preset.recommend.guidance);
     }
     trainingModelLoaded(msg.info);
+    libraryModelLoaded(msg.info);
     await refreshStorage().catch(() => {}); // the stored-model list is current when the state flips
     setState("loaded");
     scheduleTokenCount();
@@ -449,6 +467,17 @@ async function loadWith(payload, label) {
     await refreshStorage().catch(() => {});
     setState("error");
   }
+}
+
+// After a lost GPU device (or a wasm crash) the worker's WebGPU runtime cannot be set up again:
+// start a fresh worker and load the same model. Resolves once it is loaded, else throws.
+async function restartGpu() {
+  failAll("The worker was restarted after a GPU error.");
+  worker?.terminate();
+  worker = null;
+  if (!lastLoad) throw new Error("No model was loaded before.");
+  await loadWith(lastLoad.payload, lastLoad.label);
+  if (!api.info) throw new Error(api.error || "Loading the model again failed.");
 }
 
 // ---------------------------------------------------------------- encoding
@@ -888,7 +917,8 @@ async function onCancel() {
 
 // ---------------------------------------------------------------- wiring
 
-initTraining({ request, api });
+initTraining({ request, api, restartGpu });
+initLibrary({ request, api });
 initModelManager({ api, request, load: loadWith, isBusy: () => busy, fmtBytes }).catch(() => {});
 $("load-form").addEventListener("submit", onLoad);
 $("encode-form").addEventListener("submit", onEncode);

@@ -1,6 +1,9 @@
 // Training panel (UI only; the work happens in worker-train.js). Tests read
 // window.__pseudoword.training: {state: "idle" | "preparing" | "running" | "paused" | "done" |
-// "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos}.
+// "cancelled" | "error", step, steps, losses: number[], eta_ms, error, tokens, autosave, photos,
+// recovered /* resumes after a lost GPU device */, recovering /* true while one is under way */}.
+
+import { libraryChanged } from "./library.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -12,6 +15,7 @@ const PRESETS = {
 
 let request = null;
 let api = null;
+let restartGpu = null;
 let info = null;
 const photos = []; // {name, bytes: Uint8Array, url}
 let running = false;
@@ -176,30 +180,54 @@ function fillForm(params) {
   $("train-preset").value = "custom";
 }
 
-async function startTraining(resume) {
+async function startTraining(resume, recovered = 0) {
   if (running) return;
   if (resume) fillForm(api.training.autosave && api.training.autosave.params);
   showError($("train-error"), "");
   running = true;
   trained = false;
-  setTraining({ state: "preparing", step: 0, steps: 0, losses: [], error: null, tokens: null, previews: 0 });
+  setTraining({ state: "preparing", step: 0, steps: 0, losses: recovered ? api.training.losses : [], error: null, tokens: null, previews: 0, recovered });
   updateControls();
+  let recover = null;
   try {
     // a resumed run keeps its own settings (preview interval included)
     const payload = resume ? { resume: true, preview_steps: 10 } : { params: readParams(), photos: photos.map((p) => ({ name: p.name, bytes: p.bytes })), preview_steps: 10 };
+    const hook = api.testHooks && api.testHooks.deviceLostAtStep;
+    if (hook != null && !recovered) payload.simulate_device_lost_at = Number(hook);
     const r = (await request("train", payload, onTrainProgress)).result;
     trained = r.step > 0;
-    setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens });
+    setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens, library: r.library || null });
+    const kept = r.library ? " It is kept in the embedding library." : r.library_error ? ` ${r.library_error}` : "";
+    const again = recovered ? ` (resumed from the autosave after a lost GPU device)` : "";
     $("train-status").textContent =
-      r.state === "done" ? `Done: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.` : `Cancelled at step ${r.step}.`;
+      r.state === "done" ? `Done${again}: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.${kept}` : `Cancelled at step ${r.step}.`;
+    if (r.state === "done") libraryChanged();
   } catch (err) {
     const message = err.message || String(err);
     setTraining({ state: "error", error: message });
     showError($("train-error"), message);
+    // a lost device (or a crashed module): new worker, same model, continue from the autosave (once)
+    if ((err.kind === "device_lost" || err.kind === "crash") && restartGpu && !recovered) {
+      recover = message;
+      setTraining({ recovering: true });
+    }
   } finally {
     running = false;
     updateControls();
-    refreshAutosave();
+    await refreshAutosave();
+  }
+  if (recover && !(api.training.autosave && api.training.autosave.exists)) setTraining({ recovering: false });
+  if (recover && api.training.autosave && api.training.autosave.exists) {
+    $("train-status").textContent = `GPU device lost: loading the model again and resuming from the autosave at step ${api.training.autosave.step}…`;
+    try {
+      await restartGpu();
+      await refreshAutosave();
+      setTraining({ recovering: false });
+      await startTraining(true, recovered + 1);
+    } catch (err) {
+      setTraining({ recovering: false });
+      showError($("train-error"), `${recover} Recovering failed: ${err.message || err}. Reload the page and choose "Resume".`);
+    }
   }
 }
 
@@ -240,22 +268,11 @@ async function refreshAutosave() {
   }
 }
 
-async function importEmbedding() {
-  const file = $("import-file").files[0];
-  if (!file) return;
-  try {
-    const bytes = new Uint8Array(await file.arrayBuffer());
-    const r = (await request("import_embedding", { name: file.name, bytes, token: $("import-token").value.trim() })).result;
-    $("import-status").textContent = `Added ${r.tokens.join(", ")} (${r.vectors} x ${r.dim}); use ${r.token} in prompts.`;
-  } catch (err) {
-    $("import-status").textContent = err.message || String(err);
-  }
-}
-
 /// Called once by app.js with its worker request function and the test API object.
 export function initTraining(options) {
   request = options.request;
   api = options.api;
+  restartGpu = options.restartGpu || null;
   api.training = { state: "idle", step: 0, steps: 0, losses: [], eta_ms: null, error: null, tokens: null, autosave: null, photos: [] };
   const drop = $("photo-drop");
   drop.addEventListener("dragover", (e) => {
@@ -263,6 +280,13 @@ export function initTraining(options) {
     drop.classList.add("over");
   });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  // keyboard: Enter or Space on the focused drop zone opens the file chooser
+  drop.addEventListener("keydown", (e) => {
+    if (e.target === drop && (e.key === "Enter" || e.key === " ")) {
+      e.preventDefault();
+      $("photo-input").click();
+    }
+  });
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
@@ -295,11 +319,11 @@ export function initTraining(options) {
       trained = false;
       updateControls();
       $("train-status").textContent = `${r.tokens.join(", ")} can now be used in prompts (step ${r.step}).`;
+      libraryChanged();
     } catch (err) {
       showError($("train-error"), err.message || String(err));
     }
   });
-  $("import-file").addEventListener("change", importEmbedding);
 }
 
 /// Called by app.js after a model loaded.

@@ -8,7 +8,8 @@
 //          resolution, flip_p, batch, grad_accum, seed, checkpoint_every, preview_every},
 //          photos: [{name, bytes}],
 //          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */,
-//          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */}
+//          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */,
+//          simulate_device_lost_at /* test hook: fail as a lost GPU device after that step */}
 //     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
 //     {id, command: "export_embedding", format: "diffusers" | "a1111" | "a1111-pt" | "a1111-png"}
 //     {id, command: "finish_training"}    // the token becomes usable in prompts
@@ -21,7 +22,7 @@
 //     {id, status: "progress", stage: "train_state", state: "preparing" | "running" | "paused"}
 //     {id, status: "progress", stage: "train_preview", step, png: Uint8Array}  // preview image
 //     {id, status: "result", command: "train", result: {state: "done" | "cancelled", step, steps,
-//          tokens, elapsed_ms}}
+//          tokens, elapsed_ms, library? /* the library entry of the finished embedding */, library_error?}}
 //     {id, status: "result", command: "export_embedding", result: {bytes: Uint8Array, format}}
 
 const DB = "pseudoword";
@@ -55,7 +56,7 @@ const readAutosave = () => dbOp("readonly", (s) => s.get("current"));
 const writeAutosave = (value) => dbOp("readwrite", (s) => s.put(value, "current"));
 const clearAutosave = () => dbOp("readwrite", (s) => s.delete("current"));
 
-export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop }) {
+export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library }) {
   let job = null; // {paused, cancel, wake}
 
   function checkPhoto({ id, name, bytes }) {
@@ -142,8 +143,17 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
           eta_ms: Math.max(0, steps - step) * perStep,
           autosaved_step: autosaved,
         });
+        // test hook: behave as if the GPU device was lost after this step (the autosave is written)
+        if (msg.simulate_device_lost_at === step) throw new Error(`GPU device lost after step ${step} (simulated by the test hook)`);
       }
-      postMessage({ id, status: "result", command: "train", result: { state: "done", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0 } });
+      // the finished embedding goes into the embedding library (a failure there is reported, not fatal)
+      const kept = {};
+      try {
+        kept.library = (await library.addTrained(Uint8Array.from(s.export_embedding("diffusers")), String(started.tokens[0]))).entry;
+      } catch (err) {
+        kept.library_error = `The embedding could not be kept in the library: ${err && err.message ? err.message : err}`;
+      }
+      postMessage({ id, status: "result", command: "train", result: { state: "done", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0, ...kept } });
     } catch (err) {
       // the autosave (last completed save) stays for a reload; say where it is
       const where = autosaved != null ? ` The autosave at step ${autosaved} is kept: reload the page and choose "Resume".` : "";
@@ -177,9 +187,12 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
     postMessage({ id, status: "result", command: "export_embedding", result: { bytes, format } }, [bytes.buffer]);
   }
 
-  function finishTraining({ id }) {
+  async function finishTraining({ id }) {
     const s = requireSession();
-    postMessage({ id, status: "result", command: "finish_training", result: plain(s.finish_training()) });
+    const bytes = Uint8Array.from(s.export_embedding("diffusers"));
+    const r = plain(s.finish_training());
+    await library.noteActive(bytes, String(r.tokens[0]));
+    postMessage({ id, status: "result", command: "finish_training", result: r });
   }
 
   async function autosaveInfo({ id }) {

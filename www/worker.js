@@ -2,7 +2,8 @@
 //
 // Protocol (every request carries an `id`; every reply to it echoes that `id`):
 //   main -> worker
-//     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16", cache?: bool}
+//     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16", cache?: bool,
+//          simulate_limits?: {maxStorageBufferBindingSize, maxBufferSize} /* test hook: replaces the adapter's */}
 //          or {id, command: "load", files: {path: File}, name, variant, storage}  (picked local files)
 //          (models.js: presets, OPFS cache with resumable downloads; cache defaults to true)
 //     {id, command: "models_delete", key}   // removes a cached model (folder models/<key> in OPFS)
@@ -37,12 +38,15 @@
 //                                      // with suppress: image = suppressed, original_* = same seed without
 //     {id, status: "cancelled", command: "generate", done, total}
 //     {id, status: "result", command: "cancel", result: {running: bool, queued: n}}
-//     {id, status: "error", command, message}
+//     {id, status: "error", command, message, kind: "oom" | "device_lost" | "crash" | null /* with advice in message */}
 // Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
 // makes the running generation stop before its next step (and queued ones never start).
-// Training commands: see worker-train.js ("train_control" is answered at once too).
+// Training commands: see worker-train.js ("train_control" is answered at once too); embedding
+// library: worker-library.js.
 
 import { makeTrainHandlers } from "./worker-train.js";
+import { makeLibraryHandlers } from "./worker-library.js";
+import { checkLimits, withAdvice } from "./gpu-advice.js";
 
 import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName } from "./models.js";
 
@@ -162,6 +166,8 @@ async function load(msg) {
       key: p.key,
     });
   }, 50);
+  // a tensor larger than the adapter allows would fail deep inside wgpu: say which limit instead
+  await checkLimits(files, msg.storage === "f16" ? "f16" : "f32", msg.simulate_limits || null);
   let component = null;
   let s;
   // The model's name for image metadata (A1111 "Model:").
@@ -398,8 +404,9 @@ function cancel({ id }) {
   postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued } });
 }
 
-const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop });
-const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued };
+const LIBRARY = makeLibraryHandlers({ getSession: () => session, ensureWasm, plain });
+const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library: LIBRARY });
+const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued, ...LIBRARY.queued };
 
 let queue = Promise.resolve();
 self.onmessage = (event) => {
@@ -421,7 +428,8 @@ self.onmessage = (event) => {
       await handler(msg);
     } catch (err) {
       queuedGenerates.delete(msg.id);
-      postMessage({ id: msg.id, status: "error", command: msg.command, message: errorMessage(err) });
+      const { kind, message } = withAdvice(errorMessage(err)); // out of memory, device lost: what to do
+      postMessage({ id: msg.id, status: "error", command: msg.command, message, kind });
     }
   });
 };

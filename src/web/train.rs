@@ -11,7 +11,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use super::{Session, js_err, set};
-use crate::embedding_files::{A1111Meta, EmbeddingFormat, read_embedding, write_embedding};
+use crate::embedding_files::{A1111Meta, EmbeddingFormat, read_embedding, read_embedding_with_meta, write_embedding};
 use crate::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
 use crate::pipeline::{GenerateParams, Txt2Img, decode_latents};
 use crate::train::{
@@ -270,4 +270,30 @@ impl Session {
         set(&o, "dim", emb.dim as f64);
         Ok(o.into())
     }
+}
+
+/// Reads an embedding file without a model (for the browser's embedding library): `{token,
+/// tokens, vectors, dim, format}`, or throws what is wrong with the file. `token` overrides the
+/// file's.
+#[wasm_bindgen]
+pub fn inspect_embedding(bytes: &[u8], name: &str, token: Option<String>) -> Result<JsValue, JsValue> {
+    let l = read_embedding_with_meta(bytes, name, token.as_deref().filter(|t| !t.is_empty())).map_err(js_err)?;
+    let emb = &l.embedding;
+    let o = Object::new();
+    set(&o, "token", emb.token.as_str());
+    set(&o, "tokens", emb.tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
+    set(&o, "vectors", emb.n as f64);
+    set(&o, "dim", emb.dim as f64);
+    set(&o, "format", format!("{:?}", l.source));
+    Ok(o.into())
+}
+
+/// Rewrites an embedding file in `format` (diffusers | a1111 | a1111-pt | a1111-png) under
+/// `token` (the file's own token when empty), keeping the file's A1111 fields.
+#[wasm_bindgen]
+pub fn convert_embedding(bytes: &[u8], name: &str, token: Option<String>, format: &str) -> Result<Uint8Array, JsValue> {
+    let format: EmbeddingFormat = format.parse().map_err(js_err)?;
+    let l = read_embedding_with_meta(bytes, name, token.as_deref().filter(|t| !t.is_empty())).map_err(js_err)?;
+    let meta = A1111Meta { name: Some(l.embedding.token.clone()), ..l.meta };
+    Ok(Uint8Array::from(write_embedding(&l.embedding, format, &meta).as_slice()))
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii,xiii,xiv]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
@@ -14,11 +14,12 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { caseFlow, caseCsp } from "./flow.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
@@ -50,14 +51,14 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii", "xiii"]);
 // Case xii: the same tiny model under a second URL whose first text-encoder download the server
 // cuts after RESUME_CUT bytes (scripts/serve.mjs PSEUDOWORD_SERVE_ABORT_ONCE).
 const RESUME_PREFIX = "/models/tiny-resume/";
 const RESUME_FILE = "text_encoder/model.safetensors";
 const RESUME_CUT = 2_000_000;
-const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x", "xi"]);
+const NEEDS_GENERATION = new Set(["vii", "viii", "ix", "x", "xi", "xiii"]);
 // The native CLI (built by `cargo test`), for comparing browser training with a native run.
 const CLI = process.env.PSEUDOWORD_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, "target"), "debug/pseudoword");
 
@@ -145,6 +146,7 @@ function startServer() {
 // ------------------------------------------------------------------ browser
 
 const requests = []; // every URL any page or worker asked for
+const bodies = []; // {url, method, body} of every request that carried a body (the app sends none)
 const profiles = [];
 
 async function launch(label, args) {
@@ -156,7 +158,11 @@ async function launch(label, args) {
     args,
     viewport: { width: 1100, height: 1400 },
   });
-  context.on("request", (r) => requests.push(r.url()));
+  context.on("request", (r) => {
+    requests.push(r.url());
+    const body = r.postDataBuffer();
+    if (body && body.length) bodies.push({ url: r.url(), method: r.method(), body });
+  });
   const page = context.pages()[0] || (await context.newPage());
   const tag = `[${label}]`;
   // Chromium reports the dedicated worker's console here too (no separate worker listener).
@@ -881,6 +887,17 @@ async function main() {
       });
     }
 
+    const flowHelpers = () => ({ page: main.page, base, ensureModel, forgetModel: () => (loaded = null), startGeneration, waitGeneration, shot, readSafetensors, readPng, downloadPng, REPO, GENERATE_TIMEOUT });
+    if (cases.has("xiii")) {
+      await runCase("xiii", "whole flow: train, generate with the token and suppressed, library download/rename/delete, reload, re-import by drop, same image; 375 px", async () => {
+        needGeneration();
+        return caseFlow(flowHelpers());
+      });
+    }
+    if (cases.has("xiv")) {
+      await runCase("xiv", "Content-Security-Policy in force (meta = header; unlisted host refused; custom model host explained)", async () => caseCsp(flowHelpers()));
+    }
+
     if (cases.has("xii")) {
       await runCase("xii", "model manager: presets, OPFS cache (reload: no download), resumed download (Range), delete", async () => {
         const unit = await modelsUnitChecks();
@@ -1014,8 +1031,14 @@ async function main() {
       }
     });
     assert.deepEqual(bad, [], `requests outside 127.0.0.1: ${bad.join(", ")}`);
+    // no request carried a body: photos (and everything else) stay on the device
+    const photos = readdirSync(path.join(REPO, "tests/fixtures/photos")).filter((f) => /\.(jpe?g|png)$/i.test(f))
+      .map((f) => readFileSync(path.join(REPO, "tests/fixtures/photos", f)).subarray(200, 264));
+    const withPhoto = bodies.filter((b) => photos.some((p) => b.body.includes(p)));
+    assert.deepEqual(withPhoto.map((b) => b.url), [], "requests carrying photo bytes");
+    assert.deepEqual(bodies.map((b) => `${b.method} ${b.url} (${b.body.length} B)`), [], "requests with a body");
     const model = requests.filter((u) => u.includes("/models/")).length;
-    return `${requests.length} requests (${model} model-file requests, all ${origin})`;
+    return `${requests.length} requests (${model} model-file requests, all ${origin}; none with a body)`;
   });
 
   server.child.kill("SIGTERM");
