@@ -66,9 +66,7 @@ pub fn tokenizer_dir(path: &Path, opts: &SingleFileOptions) -> Result<PathBuf, C
 fn tokenizer(path: &Path, opts: &SingleFileOptions, ckpt: &LdmCheckpoint) -> Result<ClipTokenizer, Error> {
     let dir = tokenizer_dir(path, opts)?;
     let mut files = TokenizerFiles::from_dir(&dir)?;
-    let mut map: serde_json::Value = files.special_tokens_map_json.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_else(|| serde_json::json!({}));
-    map["pad_token"] = ckpt.pad_token().into();
-    files.special_tokens_map_json = Some(map.to_string());
+    files.set_pad_token(ckpt.pad_token());
     Ok(ClipTokenizer::from_files(&files)?)
 }
 

@@ -3,7 +3,7 @@
 
 import { initTraining, trainingModelLoaded } from "./train.js";
 import { initLibrary, libraryModelLoaded } from "./library.js";
-import { normalizeModelUrl } from "./models.js";
+import { normalizeModelUrl, isSingleFileUrl } from "./models.js";
 import { cspBlockMessage, pagePolicy } from "./csp.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 
@@ -49,6 +49,8 @@ function updateControls() {
   $("load-button").disabled = !gpuOk || busy;
   $("model-url").disabled = busy;
   $("weights").disabled = busy;
+  $("prediction-type").disabled = busy;
+  $("single-config-url").disabled = busy;
   updateModelControls(busy, gpuOk);
   $("encode-button").disabled = !api.info || busy;
   $("generate-button").disabled = !canGenerate() || busy;
@@ -405,7 +407,27 @@ async function onLoad(event) {
     return;
   }
   const variant = $("weights").value;
-  await loadWith({ baseUrl, variant, cache: $("model-cache").checked }, `${baseUrl} (${variant})`);
+  const what = isSingleFileUrl(baseUrl) ? "single-file checkpoint" : variant;
+  await loadWith({ baseUrl, variant, cache: $("model-cache").checked }, `${baseUrl} (${what})`);
+}
+
+// "Configs from" for single-file checkpoints: a diffusers folder URL, checked like the model URL;
+// undefined when empty, null (after showing why) when unusable.
+function singleFileConfigUrl() {
+  const raw = $("single-config-url").value.trim();
+  if (!raw) return undefined;
+  let url;
+  try {
+    url = normalizeModelUrl(raw, location.href);
+  } catch (err) {
+    api.error = `Invalid "Configs from" URL ${JSON.stringify(raw)}: ${errorText(err)}`;
+  }
+  if (url && isSingleFileUrl(url)) api.error = `"Configs from" must be a diffusers folder URL, not a file: ${url}`;
+  else if (url) api.error = cspBlockMessage(pagePolicy(), url, location.origin);
+  if (!api.error) return url;
+  showError($("load-error"), api.error);
+  setState("error");
+  return null;
 }
 
 // payload: {baseUrl, variant, cache} or {files, name, variant} (see worker.js "load")
@@ -413,6 +435,12 @@ let lastLoad = null; // {payload, label} of the last model load (reloaded after 
 
 async function loadWith(payload, label) {
   if (busy || !(api.gpu && api.gpu.available)) return;
+  if (!("config_url" in payload)) {
+    api.error = null;
+    const config_url = singleFileConfigUrl();
+    if (config_url === null) return;
+    payload = { ...payload, config_url };
+  }
   lastLoad = { payload, label };
   showError($("load-error"), "");
   api.error = null;
@@ -428,7 +456,10 @@ async function loadWith(payload, label) {
   try {
     // f16 weight storage halves GPU memory where the adapter has shader-f16 (compute stays f32)
     const storage = $("storage").value === "auto" ? (api.gpu && api.gpu.shaderF16 ? "f16" : "f32") : $("storage").value;
-    const msg = await request("load", { ...payload, storage, simulate_limits: api.testHooks.limits || undefined }, onProgress);
+    // v-prediction for single-file checkpoints (the weights cannot tell; folders have it in their scheduler config)
+    const prediction_type = $("prediction-type").value || undefined;
+    const config_url = payload.config_url;
+    const msg = await request("load", { ...payload, storage, prediction_type, config_url, simulate_limits: api.testHooks.limits || undefined }, onProgress);
     api.info = msg.info;
     api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note };
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);

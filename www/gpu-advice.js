@@ -32,7 +32,7 @@ export async function checkLimits(files, storage, limits) {
   }
   const per = storage === "f16" ? 2 : 4;
   for (const [path, blob] of Object.entries(files)) {
-    if (!path.endsWith(".safetensors") || !(blob instanceof Blob)) continue;
+    if (!(path.endsWith(".safetensors") || path === "__single_file") || !(blob instanceof Blob)) continue;
     const t = await largestTensor(blob).catch(() => null);
     if (!t) continue;
     const bytes = t.elements * per;
@@ -40,7 +40,7 @@ export async function checkLimits(files, storage, limits) {
       const value = Number(limits[limit]);
       if (value && bytes > value) {
         throw new Error(
-          `This GPU's ${limit} is ${fmt(value)} (${value} bytes), but the model's largest tensor (${t.name} in ${path}) needs ` +
+          `This GPU's ${limit} is ${fmt(value)} (${value} bytes), but the model's largest tensor (${t.name} in ${blob.name || path}) needs ` +
             `${fmt(bytes)} in ${storage}. ` +
             (storage === "f32" ? `Choose "f16" under "Weights in GPU memory" (halves it), ` : "") +
             `use a smaller model, or another browser or GPU with a higher ${limit} (desktop Chrome/Edge on a discrete GPU usually allows 2 GiB or more).`,

@@ -225,7 +225,7 @@ export async function fetchModel({ url, variant, cache = true, signal: outer, on
     }
   }
 
-  const wanted = wantedFiles(variant);
+  const wanted = wantedFiles(variant, url);
   const known = new Map(); // path -> total bytes (null unknown)
   let loaded = 0;
   let cachedBytes = 0;

@@ -85,7 +85,7 @@ export async function refreshStorage() {
     li.dataset.key = m.key;
     const text = document.createElement("span");
     const date = m.last_used ? new Date(m.last_used).toLocaleString() : "?";
-    text.textContent = `${m.name} (${m.variant}) ${f(m.bytes)}${m.complete ? "" : ", incomplete: Load resumes it"}, last used ${date}`;
+    text.textContent = `${m.name} (${m.variant === "single" ? "single file" : m.variant}) ${f(m.bytes)}${m.complete ? "" : ", incomplete: Load resumes it"}, last used ${date}`;
     text.className = "cached-name";
     text.title = m.url;
     const load = document.createElement("button");
@@ -95,7 +95,7 @@ export async function refreshStorage() {
     load.disabled = ctx.isBusy();
     load.addEventListener("click", () => {
       $("model-url").value = m.url.startsWith(location.origin) ? m.url.slice(location.origin.length) : m.url;
-      $("weights").value = m.variant;
+      if (m.variant !== "single") $("weights").value = m.variant; // "single": one checkpoint file
       $("model-url").dispatchEvent(new Event("input"));
       $("model-cache").checked = true;
       $("load-form").requestSubmit();

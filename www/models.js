@@ -6,6 +6,10 @@
 // Downloads stream chunk by chunk into OPFS files (`<name>.part` until complete); an
 // interrupted download resumes with `Range: bytes=N-` (appends on 206, restarts on 200).
 // Without OPFS (or with caching off) files are kept as in-memory Blobs.
+// Single-file checkpoints (one `.safetensors` with the original LDM key names, as A1111 and
+// ComfyUI use): a URL ending in .safetensors is cached the same way with variant "single" and
+// the one file; picked, it is recognised by its tensor names. Either way it reaches the worker
+// as files[SINGLE_FILE] (converted to diffusers components while loading, src/web/single_file.rs).
 
 export const HF = "https://huggingface.co/";
 const GB = 1e9;
@@ -28,7 +32,29 @@ const REQUIRED = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/
 const OPTIONAL = ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "model_index.json",
   "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json"];
 
-export function wantedFiles(variant) {
+// The files[] key of a single-file checkpoint's Blob.
+export const SINGLE_FILE = "__single_file";
+// Where a single-file checkpoint's tokenizer comes from when none is picked with it: the CLIP
+// BPE files of the demo model that ships with the app (SD 1.x and 2.x use the same ones; the
+// checkpoint decides the pad token).
+export const BUNDLED_TOKENIZER = "models/tiny-sd1/tokenizer/";
+// Configs a single-file checkpoint may take from a diffusers folder instead of inferring them.
+export const SINGLE_FILE_CONFIGS = ["text_encoder/config.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"];
+export const TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+
+// True for the URL of one .safetensors file (a single-file checkpoint), not a folder.
+export function isSingleFileUrl(url) {
+  try {
+    return /\.safetensors$/i.test(new URL(url).pathname);
+  } catch {
+    return false;
+  }
+}
+
+// Files to fetch for (variant, url): a diffusers folder, or (variant "single") the one file the
+// URL names (its last path segment, still URL-encoded).
+export function wantedFiles(variant, url) {
+  if (variant === "single") return [{ path: new URL(url).pathname.split("/").pop(), optional: false }];
   const v = variant === "fp16" ? "fp16" : "fp32";
   const o = v === "fp16" ? "fp32" : "fp16";
   return [
@@ -41,6 +67,8 @@ export function wantedFiles(variant) {
 
 // Any http(s) folder URL -> absolute URL ending in "/"; a Hugging Face repo page
 // (https://huggingface.co/ORG/NAME[/tree/REV[/...]]) -> .../ORG/NAME/resolve/REV/.
+// A URL of a .safetensors file stays a file URL (no "/" added); on Hugging Face its file page
+// (.../blob/REV/x.safetensors) becomes the download (.../resolve/REV/x.safetensors).
 export function normalizeModelUrl(raw, base) {
   const text = String(raw ?? "").trim();
   if (!text) throw new Error("empty model URL");
@@ -57,12 +85,13 @@ export function normalizeModelUrl(raw, base) {
       if (["resolve", "tree", "blob"].includes(seg[2]) && seg[3]) {
         rev = seg[3];
         rest = seg.slice(4);
-        if (seg[2] === "blob") rest = []; // a file page: the repo
+        // a file page: the repo, except for a checkpoint file (loaded as a single file)
+        if (seg[2] === "blob" && !/\.safetensors$/i.test(seg[seg.length - 1])) rest = [];
       }
       url.pathname = "/" + [seg[0], seg[1], "resolve", rev, ...rest].join("/");
     }
   }
-  if (!url.pathname.endsWith("/")) url.pathname += "/";
+  if (!url.pathname.endsWith("/") && !/\.safetensors$/i.test(url.pathname)) url.pathname += "/";
   return url.href;
 }
 
@@ -74,10 +103,12 @@ export function findPreset(url, variant, base) {
   return PRESETS.find((p) => presetUrl(p, base) === url && p.variant === variant) || null;
 }
 
-// The model's display name: "ORG/NAME" for Hugging Face, else the last path segment.
+// The model's display name: "ORG/NAME" for Hugging Face, else the last path segment; for a
+// single-file checkpoint its file name (decoded).
 export function modelName(url) {
   const u = new URL(url);
   const seg = u.pathname.split("/").filter(Boolean);
+  if (isSingleFileUrl(url)) return decodeURIComponent(seg.pop());
   if (u.hostname === "huggingface.co" && seg[2] === "resolve") return `${seg[0]}/${seg[1]}`;
   return seg.pop() || u.hostname;
 }
@@ -107,7 +138,10 @@ export async function mapPickedFiles(files) {
     let dir = BY_NAME[f.name];
     if (dir === undefined && f.name === "config.json") dir = await sniffConfig(f);
     if (dir === undefined && f.name.endsWith(".safetensors")) dir = await sniffSafetensors(f);
-    if (dir !== undefined && dir !== null) out[dir + f.name] = f;
+    if (dir === SINGLE_FILE) {
+      if (out[SINGLE_FILE]) throw new Error(`Pick one single-file checkpoint at a time (got ${out[SINGLE_FILE].name} and ${f.name}).`);
+      out[SINGLE_FILE] = f;
+    } else if (dir !== undefined && dir !== null) out[dir + f.name] = f;
   }
   return out;
 }
@@ -129,6 +163,7 @@ async function sniffSafetensors(f) {
   try {
     const n = Number(new DataView(await f.slice(0, 8).arrayBuffer()).getBigUint64(0, true));
     const keys = Object.keys(JSON.parse(await f.slice(8, 8 + Math.min(n, 1 << 24)).text()));
+    if (keys.some((k) => k.startsWith("model.diffusion_model."))) return SINGLE_FILE; // original LDM layout
     if (keys.some((k) => k.startsWith("text_model."))) return "text_encoder/";
     if (keys.some((k) => k.startsWith("time_embedding.") || k.startsWith("down_blocks."))) return "unet/";
     if (keys.some((k) => k.startsWith("encoder.") || k.startsWith("decoder.") || k.startsWith("quant_conv"))) return "vae/";
@@ -139,8 +174,15 @@ async function sniffSafetensors(f) {
 }
 
 // From {path: Blob} keep what the wanted list of `variant` needs (other variant as fallback).
+// With a single-file checkpoint: it, plus any tokenizer files and configs picked with it.
 export function selectFiles(all, variant) {
   const files = {};
+  if (all[SINGLE_FILE]) {
+    for (const [p, f] of Object.entries(all)) {
+      if (p === SINGLE_FILE || p.startsWith("tokenizer/") || /^(text_encoder|unet|vae)\/config\.json$|^scheduler\/scheduler_config\.json$/.test(p)) files[p] = f;
+    }
+    return { files, missing: [] };
+  }
   const missing = [];
   for (const { path, optional, fallback } of wantedFiles(variant)) {
     let p = path in all ? path : fallback && fallback in all ? fallback : null;

@@ -48,7 +48,7 @@ import { makeTrainHandlers } from "./worker-train.js";
 import { makeLibraryHandlers } from "./worker-library.js";
 import { checkLimits, withAdvice } from "./gpu-advice.js";
 
-import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName } from "./models.js";
+import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName, isSingleFileUrl, SINGLE_FILE, SINGLE_FILE_CONFIGS, BUNDLED_TOKENIZER, TOKENIZER_FILES } from "./models.js";
 
 let wasm = null; // the imported ./pkg/pseudoword.js module, initialised
 let session = null;
@@ -114,26 +114,88 @@ function throttle(fn, ms) {
   };
 }
 
-// Model files: picked local files (msg.files), else the cache / a (resumable) download.
+// Model files: picked local files (msg.files), else the cache / a (resumable) download. A
+// single-file checkpoint (picked, or a URL ending in .safetensors) comes back as
+// files[SINGLE_FILE], with the app's bundled tokenizer when none was picked with it.
 async function modelFiles(msg, variant, signal) {
   const id = msg.id;
+  let r;
   if (msg.files) {
     const { files, missing } = selectFiles(msg.files, variant);
     if (missing.length) {
-      throw new Error(`The picked files lack ${missing.join(", ")}: pick the model's folder (diffusers layout) or all of its files.`);
+      throw new Error(`The picked files lack ${missing.join(", ")}: pick the model's folder (diffusers layout), all of its files, or one single-file checkpoint (.safetensors).`);
     }
     const bytes = Object.fromEntries(Object.entries(files).map(([p, f]) => [p, f.size]));
-    return { files, bytes, source: "local", key: null, cached_files: 0, resumed_files: [], ms: 0, note: "", name: msg.name || "local" };
+    const name = files[SINGLE_FILE] ? files[SINGLE_FILE].name : msg.name || "local";
+    r = { files, bytes, source: "local", key: null, cached_files: 0, resumed_files: [], ms: 0, note: "", name };
+  } else {
+    const url = normalizeModelUrl(msg.baseUrl, self.location.href);
+    const single = isSingleFileUrl(url);
+    const got = await fetchModel({
+      url,
+      variant: single ? "single" : variant,
+      cache: msg.cache !== false,
+      signal,
+      onProgress: (p) => postMessage({ id, status: "progress", stage: "download", ...p }),
+    });
+    r = { ...got, url, name: modelName(url).split("/").pop() || "model" };
+    if (single) {
+      const [[path, blob]] = Object.entries(got.files);
+      r.files = { [SINGLE_FILE]: blob };
+      r.bytes = { [decodeURIComponent(path)]: blob.size };
+    }
   }
-  const url = normalizeModelUrl(msg.baseUrl, self.location.href);
-  const r = await fetchModel({
-    url,
-    variant,
-    cache: msg.cache !== false,
-    signal,
-    onProgress: (p) => postMessage({ id, status: "progress", stage: "download", ...p }),
-  });
-  return { ...r, url, name: modelName(url).split("/").pop() || "model" };
+  if (r.files[SINGLE_FILE]) {
+    r.single_file = true;
+    r.files.__single_file_name = r.name;
+    // diffusers' from_single_file(config=...): configs (and tokenizer) of a matching diffusers folder
+    if (msg.config_url) Object.assign(r.files, await folderConfigs(msg.config_url, r.files));
+    if (!r.files["tokenizer/vocab.json"] || !r.files["tokenizer/merges.txt"]) Object.assign(r.files, await bundledTokenizer());
+  }
+  return r;
+}
+
+// The configs and tokenizer files of the diffusers folder at `raw` that `have` lacks, as
+// {path: Blob}; files the folder does not have (404) are left to inference / the bundled tokenizer.
+async function folderConfigs(raw, have) {
+  const base = normalizeModelUrl(raw, self.location.href);
+  const paths = [...SINGLE_FILE_CONFIGS, ...TOKENIZER_FILES.map((n) => "tokenizer/" + n)];
+  const out = {};
+  for (const p of paths) {
+    if (have[p]) continue; // picked with the checkpoint: those win
+    const url = new URL(p, base).href;
+    let res;
+    try {
+      res = await fetch(url);
+    } catch (err) {
+      throw new Error(`Could not fetch ${url} (configs for the single-file checkpoint): ${errorMessage(err)}. Check the "Configs from" URL (same origin or CORS-enabled, and allowed by the page's Content-Security-Policy).`);
+    }
+    if (res.ok) out[p] = await res.blob();
+    else if (res.status !== 404) throw new Error(`${url} answered HTTP ${res.status} (configs for the single-file checkpoint): check the "Configs from" URL.`);
+  }
+  if (!Object.keys(out).some((p) => p.endsWith("config.json"))) {
+    throw new Error(`"Configs from" ${base} has none of ${SINGLE_FILE_CONFIGS.join(", ")}: give the URL of a diffusers model folder (or leave it empty to infer the configs).`);
+  }
+  return out;
+}
+
+// The CLIP BPE files shipped with the app (BUNDLED_TOKENIZER), as {"tokenizer/NAME": Blob}.
+async function bundledTokenizer() {
+  const out = {};
+  for (const name of TOKENIZER_FILES) {
+    const url = new URL(BUNDLED_TOKENIZER + name, self.location.href).href;
+    let res;
+    try {
+      res = await fetch(url);
+    } catch (err) {
+      throw new Error(`A single-file checkpoint has no tokenizer, and the app's own (${url}) could not be fetched: ${errorMessage(err)}. Pick vocab.json and merges.txt together with the checkpoint.`);
+    }
+    if (res.ok) out["tokenizer/" + name] = await res.blob();
+    else if (name === "vocab.json" || name === "merges.txt") {
+      throw new Error(`A single-file checkpoint has no tokenizer, and the app's own ${url} answered HTTP ${res.status}. Host the demo model's tokenizer/ folder with the app (README, "Hosting"), or pick vocab.json and merges.txt together with the checkpoint.`);
+    }
+  }
+  return out;
 }
 
 async function load(msg) {
@@ -171,9 +233,11 @@ async function load(msg) {
   let component = null;
   let s;
   // The model's name for image metadata (A1111 "Model:").
-  files.__name = m.name;
+  files.__name = m.single_file ? m.name.replace(/\.safetensors$/i, "") : m.name;
   // Weights in GPU memory: f16 halves it (needs the adapter's shader-f16); compute is f32.
   files.__storage = msg.storage === "f16" ? "f16" : "f32";
+  // single files: v-prediction cannot be seen in the weights (SD 2.x 768-v models need it)
+  if (m.single_file && msg.prediction_type) files.__prediction_type = String(msg.prediction_type);
   try {
     s = await mod.Session.load(files, (p) => {
       p = plain(p) || {};

@@ -35,6 +35,20 @@ impl TokenizerFiles {
             special_tokens_map_json: read(dir, "special_tokens_map.json", false)?,
         })
     }
+
+    /// Sets `pad_token` in `special_tokens_map.json` (creating it when absent): a single-file
+    /// checkpoint's tokenizer pads with `<|endoftext|>` (SD 1) or `!` (SD 2) whatever the BPE
+    /// files it is paired with say.
+    pub fn set_pad_token(&mut self, pad: &str) {
+        let mut map: serde_json::Value = self
+            .special_tokens_map_json
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        map["pad_token"] = pad.into();
+        self.special_tokens_map_json = Some(map.to_string());
+    }
 }
 
 fn read(dir: &Path, name: &str, required: bool) -> Result<Option<String>, TokenizerError> {

@@ -19,6 +19,7 @@ use crate::schedulers::{SchedulerConfig, SchedulerKind};
 
 mod generate;
 mod heatmaps;
+mod single_file;
 mod train;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::{ByteSource, WeightStorage};
@@ -142,6 +143,48 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A diffusers folder (`files` maps its relative paths to Blobs): the text encoder, and the
+    /// UNet, VAE and scheduler when `unet/config.json` is there. Returns what was loaded, the text
+    /// encoder's config, its weights file and their dtype.
+    async fn load_folder(
+        files: &Object,
+        tok_files: TokenizerFiles,
+        device: &Device,
+        storage: WeightStorage,
+        progress_for: &dyn Fn(&'static str) -> Box<dyn FnMut(usize, usize, &str)>,
+    ) -> Result<(Loaded, crate::models::CLIPTextConfig, String, String), JsValue> {
+        let tokenizer = ClipTokenizer::from_files(&tok_files).map_err(js_err)?;
+        let config = blob_text(files, "text_encoder/config.json", true).await?.unwrap_or_default();
+        let source = weights_source(files, "text_encoder/", &["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"])?;
+        let weights_key = source.name().to_string();
+        let header = crate::weights::SafetensorsHeader::read(&source).await.map_err(js_err)?;
+        let dtype = header.tensors.values().next().map(|e| e.dtype_name.clone()).unwrap_or_default();
+        let model = load_text_encoder(&config, "text_encoder/config.json", &source, device, storage, &mut progress_for("text_encoder"))
+            .await
+            .map_err(|e: Error| js_err(e))?;
+        let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
+        let prompt = PromptEncoder::new(tokenizer, model);
+        let loaded = if get_blob(files, "unet/config.json").is_some() {
+            let unet_config = blob_text(files, "unet/config.json", true).await?.unwrap_or_default();
+            let unet_src = weights_source(files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
+            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, device, storage, &mut progress_for("unet")).await.map_err(js_err)?;
+            let vae_config = blob_text(files, "vae/config.json", true).await?.unwrap_or_default();
+            let vae_src = weights_source(files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
+            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, device, storage, &mut progress_for("vae")).await.map_err(js_err)?;
+            let sched_text = blob_text(files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
+            let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
+            let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;
+            let name = Reflect::get(files, &JsValue::from_str("__name")).ok().and_then(|v| v.as_string()).unwrap_or_else(|| "model".into());
+            let sample_size = unet_sample_size(&unet_config);
+            Loaded::Full(Box::new(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size }))
+        } else {
+            Loaded::Text(prompt)
+        };
+        Ok((loaded, cfg, weights_key, dtype))
+    }
+}
+
 /// The first of `candidates` present in `files`, as a byte source.
 fn weights_source(files: &Object, dir: &str, candidates: &[&str]) -> Result<BlobSource, JsValue> {
     candidates
@@ -152,8 +195,10 @@ fn weights_source(files: &Object, dir: &str, candidates: &[&str]) -> Result<Blob
 
 #[wasm_bindgen]
 impl Session {
-    /// Loads the tokenizer and text encoder from `files`: an object mapping paths relative to the
-    /// model folder (`tokenizer/vocab.json`, `text_encoder/model.safetensors`, ...) to Blobs.
+    /// Loads a model from `files`: an object mapping paths relative to the model folder
+    /// (`tokenizer/vocab.json`, `text_encoder/model.safetensors`, ...) to Blobs, or, for a
+    /// single-file (original LDM) checkpoint, `__single_file` (its Blob), `__single_file_name`,
+    /// the tokenizer files and optionally configs and `__prediction_type` (see `single_file`).
     /// `on_progress({stage, loaded, total, key})` is called after each tensor.
     pub async fn load(files: Object, on_progress: Function) -> Result<Session, JsValue> {
         let t0 = js_sys::Date::now();
@@ -168,46 +213,28 @@ impl Session {
             tokenizer_config_json: blob_text(&files, "tokenizer/tokenizer_config.json", false).await?,
             special_tokens_map_json: blob_text(&files, "tokenizer/special_tokens_map.json", false).await?,
         };
-        let tokenizer = ClipTokenizer::from_files(&tok_files).map_err(js_err)?;
-        let config = blob_text(&files, "text_encoder/config.json", true).await?.unwrap_or_default();
-        let source = weights_source(&files, "text_encoder/", &["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"])?;
-        let weights_key = source.name().to_string();
-        let header = crate::weights::SafetensorsHeader::read(&source).await.map_err(js_err)?;
-        let dtype = header.tensors.values().next().map(|e| e.dtype_name.clone()).unwrap_or_default();
-        let progress_for = |stage: &'static str| {
+        let progress_for = |stage: &'static str| -> Box<dyn FnMut(usize, usize, &str)> {
             let on_progress = on_progress.clone();
-            move |done: usize, total: usize, key: &str| {
+            Box::new(move |done: usize, total: usize, key: &str| {
                 let o = Object::new();
                 set(&o, "stage", stage);
                 set(&o, "loaded", done as f64);
                 set(&o, "total", total as f64);
                 set(&o, "key", key);
                 let _ = on_progress.call1(&JsValue::NULL, &o);
-            }
+            })
         };
-        let model = load_text_encoder(&config, "text_encoder/config.json", &source, &device, storage, &mut progress_for("text_encoder"))
-            .await
-            .map_err(|e: Error| js_err(e))?;
-        let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
-        let prompt = PromptEncoder::new(tokenizer, model);
-        let loaded = if get_blob(&files, "unet/config.json").is_some() {
-            let unet_config = blob_text(&files, "unet/config.json", true).await?.unwrap_or_default();
-            let unet_src = weights_source(&files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
-            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, &device, storage, &mut progress_for("unet")).await.map_err(js_err)?;
-            let vae_config = blob_text(&files, "vae/config.json", true).await?.unwrap_or_default();
-            let vae_src = weights_source(&files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
-            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, &device, storage, &mut progress_for("vae")).await.map_err(js_err)?;
-            let sched_text = blob_text(&files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
-            let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
-            let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;
-            let name = js_sys::Reflect::get(&files, &JsValue::from_str("__name"))
-                .ok()
-                .and_then(|v| v.as_string())
-                .unwrap_or_else(|| "model".into());
-            let sample_size = unet_sample_size(&unet_config);
-            Loaded::Full(Box::new(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size }))
+        let (loaded, cfg, weights_key, dtype) = if let Some(blob) = get_blob(&files, single_file::SINGLE_FILE_KEY) {
+            // a single-file (original LDM) checkpoint, converted while loading
+            let name = Reflect::get(&files, &JsValue::from_str("__single_file_name")).ok().and_then(|v| v.as_string()).unwrap_or_else(|| "checkpoint.safetensors".into());
+            let source = BlobSource::new(name.clone(), blob);
+            let (mut sd, cfg, dtype) = single_file::load(&files, &source, tok_files, &device, storage, &progress_for).await?;
+            if let Some(n) = Reflect::get(&files, &JsValue::from_str("__name")).ok().and_then(|v| v.as_string()) {
+                sd.name = n;
+            }
+            (Loaded::Full(Box::new(sd)), cfg, name, dtype)
         } else {
-            Loaded::Text(prompt)
+            Self::load_folder(&files, tok_files, &device, storage, &progress_for).await?
         };
         let (can_generate, default_size, default_scheduler) = match &loaded {
             Loaded::Full(sd) => (true, sd.default_size(), sd.default_scheduler.cli_name()),

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii,xiii,xiv]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii,xiii,xiv,xvi]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
@@ -20,6 +20,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { caseFlow, caseCsp } from "./flow.mjs";
+import { caseSingleFile, LDM_DIR } from "./single-file.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
@@ -51,8 +52,8 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii", "xiii"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv", "xvi"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xvi"]);
 // Case xii: the same tiny model under a second URL whose first text-encoder download the server
 // cuts after RESUME_CUT bytes (scripts/serve.mjs PSEUDOWORD_SERVE_ABORT_ONCE).
 const RESUME_PREFIX = "/models/tiny-resume/";
@@ -119,6 +120,8 @@ function maxAbsDiff(a, b) {
 function startServer() {
   const extra = PKG_DIR ? ["--mount", `/pkg/=${PKG_DIR}`] : [];
   extra.push("--mount", `${RESUME_PREFIX}=${path.join(REPO, "tests/fixtures/tiny-sd1")}`);
+  mkdirSync(LDM_DIR, { recursive: true }); // case xvi writes its single-file checkpoint here
+  extra.push("--mount", `/models/ldm/=${LDM_DIR}`);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0", ...extra], {
       cwd: REPO,
@@ -897,6 +900,12 @@ async function main() {
     if (cases.has("xiv")) {
       await runCase("xiv", "Content-Security-Policy in force (meta = header; unlisted host refused; custom model host explained)", async () => caseCsp(flowHelpers()));
     }
+    if (cases.has("xvi")) {
+      await runCase("xvi", "single-file (LDM) checkpoint: picked with configs = diffusers image; by URL + 'Configs from', cached; typed errors", async () => {
+        needGeneration();
+        return caseSingleFile({ ...flowHelpers(), encode, checkAgainstGolden, maxAbsDiff, IMAGE_TOLERANCE, LOAD_TIMEOUT });
+      });
+    }
 
     if (cases.has("xii")) {
       await runCase("xii", "model manager: presets, OPFS cache (reload: no download), resumed download (Range), delete", async () => {
@@ -1043,6 +1052,7 @@ async function main() {
 
   server.child.kill("SIGTERM");
   for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
+  rmSync(LDM_DIR, { recursive: true, force: true });
   const failed = results.filter((r) => !r.ok);
   console.log(`${results.length - failed.length}/${results.length} passed${failed.length ? "; failed: " + failed.map((r) => r.id).join(", ") : ""}`);
   process.exitCode = failed.length ? 1 : 0;
