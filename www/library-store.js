@@ -4,32 +4,9 @@
 //    trained */, vectors, dim, source: "trained" | "imported", format, digest, created}
 // Used by worker-library.js (the worker owns the wasm that reads and converts the files).
 
-const DB = "pseudoword-library";
-const STORE = "embeddings";
+import { idbStore } from "./idb.js";
 
-function openDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 1);
-    req.onupgradeneeded = () => req.result.createObjectStore(STORE, { keyPath: "id", autoIncrement: true });
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error || new Error("IndexedDB is not available (private browsing?)"));
-  });
-}
-
-async function op(mode, fn) {
-  const db = await openDb();
-  try {
-    return await new Promise((resolve, reject) => {
-      const tx = db.transaction(STORE, mode);
-      const req = fn(tx.objectStore(STORE));
-      tx.oncomplete = () => resolve(req?.result);
-      tx.onerror = () => reject(tx.error);
-      tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted (storage full?)"));
-    });
-  } finally {
-    db.close();
-  }
-}
+const op = idbStore("pseudoword-library", "embeddings", { keyPath: "id", autoIncrement: true });
 
 export const listEntries = () => op("readonly", (s) => s.getAll());
 export const getEntry = (id) => op("readonly", (s) => s.get(Number(id)));

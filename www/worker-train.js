@@ -25,32 +25,9 @@
 //          tokens, elapsed_ms, library? /* the library entry of the finished embedding */, library_error?}}
 //     {id, status: "result", command: "export_embedding", result: {bytes: Uint8Array, format}}
 
-const DB = "pseudoword";
-const STORE = "autosave";
+import { idbStore } from "./idb.js";
 
-function openDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 1);
-    req.onupgradeneeded = () => req.result.createObjectStore(STORE);
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-}
-
-async function dbOp(mode, fn) {
-  const db = await openDb();
-  try {
-    return await new Promise((resolve, reject) => {
-      const tx = db.transaction(STORE, mode);
-      const req = fn(tx.objectStore(STORE));
-      tx.oncomplete = () => resolve(req?.result);
-      tx.onerror = () => reject(tx.error);
-      tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted (storage full?)"));
-    });
-  } finally {
-    db.close();
-  }
-}
+const dbOp = idbStore("pseudoword", "autosave");
 
 const readAutosave = () => dbOp("readonly", (s) => s.get("current"));
 const writeAutosave = (value) => dbOp("readwrite", (s) => s.put(value, "current"));
