@@ -97,7 +97,7 @@ async function act(command, payload, message) {
 async function renameEntry(e) {
   const token = prompt(`New token for ${e.token} (what prompts will use):`, e.token);
   if (token === null) return;
-  await act("library_rename", { key: e.id, token }, (r) => `Renamed: prompts now use ${r.entry.token}${modelLoaded ? " (press Use to load it)" : ""}.`);
+  await act("library_rename", { key: e.id, token }, (r) => r.note ? `Renamed: ${r.note}` : `Renamed: prompts now use ${r.entry.token}${modelLoaded ? " (press Use to load it)" : ""}.`);
 }
 
 async function download(e, format) {

@@ -46,10 +46,19 @@ export function makeLibraryHandlers({ getSession, ensureWasm, plain }) {
     return { ...rest, size: bytes.length, active: active().get(e.token) === digest };
   }
 
-  // Throws unless `token` may be used for entry `selfId` (null: a new entry) with `digest`.
-  function checkToken(entries, token, selfId, digest) {
+  // Throws unless `token` may be used for entry `selfId` (null: a new entry) with `digest` and
+  // `vectors` rows.
+  function checkToken(entries, token, selfId, digest, vectors) {
     const problem = tokenProblem(token);
     if (problem) throw new Error(problem);
+    const s = getSession();
+    const clash = s && !active().has(token) ? plain(s.token_clash(token, vectors || 1)) : null;
+    if (clash) {
+      throw new Error(
+        `The loaded model's tokenizer already knows ${JSON.stringify(clash.token)} (id ${clash.id}), so ${token} cannot name an embedding ` +
+          `(its word would be replaced). Choose a token that is not a word, e.g. <${token.replace(/[<>]/g, "")}>.`,
+      );
+    }
     const other = entries.find((e) => e.token === token && e.id !== selfId);
     if (other) throw new Error(`The library already has an embedding with the token ${token} ("${other.name}"): rename one of them.`);
     const inSession = active().get(token);
@@ -103,7 +112,7 @@ export function makeLibraryHandlers({ getSession, ensureWasm, plain }) {
     const same = entries.find((e) => e.token === info.token && e.digest === digest);
     let entry = same;
     if (!same) {
-      checkToken(entries, info.token, null, digest);
+      checkToken(entries, info.token, null, digest, info.vectors);
       entry = { name: String(name), token: info.token, bytes, vectors: info.vectors, dim: info.dim, source, format: info.format, digest, created: Date.now() };
       entry.id = await addEntry(entry);
     }
@@ -143,11 +152,18 @@ export function makeLibraryHandlers({ getSession, ensureWasm, plain }) {
     if (problem) throw new Error(problem);
     const digest = await canonicalDigest(wasm, e.bytes, e.name, token);
     const entries = await listEntries();
-    checkToken(entries, token, e.id, digest);
+    checkToken(entries, token, e.id, digest, e.vectors);
     if (active().has(token)) throw new Error(`${token} is already used in this session: choose another token.`);
     const updated = { ...e, token, digest };
     await putEntry(updated);
-    postMessage({ id, status: "result", command: "library_rename", result: { entry: summary(updated) } });
+    // In use: the new token works at once; the old one stays in this session's tokenizer (tokens
+    // cannot be taken out of a loaded model) until the model is loaded again.
+    let note = null;
+    if (getSession() && active().get(e.token) === e.digest) {
+      useEntry(updated);
+      note = `${token} works in prompts now; ${e.token} also keeps working until the model is loaded again.`;
+    }
+    postMessage({ id, status: "result", command: "library_rename", result: { entry: summary(updated), note } });
   }
 
   async function remove({ id, key }) {

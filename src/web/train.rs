@@ -270,6 +270,23 @@ impl Session {
         set(&o, "dim", emb.dim as f64);
         Ok(o.into())
     }
+
+    /// Whether an embedding `token` of `vectors` rows could be added: `{token, id}` of the first
+    /// of `token`, `token_1`, ... the loaded tokenizer already knows (a vocabulary word or an
+    /// added token, which `import_embedding` would refuse), or null when all are free.
+    pub fn token_clash(&self, token: &str, vectors: u32) -> JsValue {
+        let enc = self.encoder();
+        for i in 0..vectors.max(1) {
+            let t = if i == 0 { token.to_string() } else { format!("{token}_{i}") };
+            if let Some(id) = enc.tokenizer.token_to_id(&t) {
+                let o = Object::new();
+                set(&o, "token", t.as_str());
+                set(&o, "id", id as f64);
+                return o.into();
+            }
+        }
+        JsValue::NULL
+    }
 }
 
 /// Reads an embedding file without a model (for the browser's embedding library): `{token,

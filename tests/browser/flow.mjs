@@ -133,7 +133,7 @@ export async function caseFlow(h) {
   lib = await libraryAct(page, () => dropFiles(page, [{ name: a1111.name, bytes: a1111.bytes }]));
   assert.equal(lib.error, null, lib.error);
   assert.ok(lib.entries.find((e) => e.token === "xiii-tok" && e.source === "imported" && e.active), "dropped A1111 file stored and in use");
-  for (const [value, re] of [["   ", /must not be empty/], ["a b", /contains spaces/], [TOKEN, /already has an embedding with the token/]]) {
+  for (const [value, re] of [["   ", /must not be empty/], ["a b", /contains spaces/], [TOKEN, /already has an embedding with the token/], ["cat", /tokenizer already knows "cat" \(id 1481\)/]]) {
     await acceptNextDialog(page, value);
     lib = await libraryAct(page, () => page.click(`${entryLi("xiii-tok")} .library-rename`));
     assert.match(lib.error || "", re, `rename to ${JSON.stringify(value)}: ${lib.error}`);
@@ -141,7 +141,8 @@ export async function caseFlow(h) {
   await acceptNextDialog(page, "<xiii-renamed>");
   lib = await libraryAct(page, () => page.click(`${entryLi("xiii-tok")} .library-rename`));
   assert.equal(lib.error, null, lib.error);
-  assert.ok(lib.entries.find((e) => e.token === "<xiii-renamed>"), "renamed");
+  assert.ok(lib.entries.find((e) => e.token === "<xiii-renamed>")?.active, "renamed, and (it was in use) the new token is in use at once");
+  assert.match(await page.textContent("#library-status"), /<xiii-renamed> works in prompts now; xiii-tok also keeps working/);
   const renamedA1111 = await grab("<xiii-renamed>", "a1111-pt");
   assert.equal(renamedA1111.name, "xiii-renamed.pt", "downloads use the new token");
   await acceptNextDialog(page, false);
