@@ -47,6 +47,8 @@ function setState(state) {
 function updateControls() {
   const gpuOk = !!(api.gpu && api.gpu.available);
   $("load-button").disabled = !gpuOk || busy;
+  $("load-cancel").hidden = api.state !== "loading";
+  $("load-cancel").disabled = api.state !== "loading" || loadCancelRequested;
   $("model-url").disabled = busy;
   $("weights").disabled = busy;
   $("prediction-type").disabled = busy;
@@ -370,12 +372,18 @@ function onProgress(msg) {
     bar.max = Math.max(1, msg.total || 1);
     bar.value = msg.loaded || 0;
     const component = COMPONENTS[msg.component] || msg.component || "";
-    $("weights-text").textContent = `${component ? component + ": " : ""}${msg.loaded} / ${msg.total} tensors`;
+    // ETA within the component from its tensors so far (sizes vary; good enough for a bar)
+    const now = performance.now();
+    if (!uploadClock || uploadClock.component !== msg.component) uploadClock = { component: msg.component, t0: now, first: msg.loaded || 0 };
+    const done = (msg.loaded || 0) - uploadClock.first;
+    const eta = done > 0 && msg.total > msg.loaded ? ((now - uploadClock.t0) / done) * (msg.total - msg.loaded) : null;
+    $("weights-text").textContent = `${component ? component + ": " : ""}${msg.loaded} / ${msg.total} tensors` + (eta !== null ? `, about ${fmtTime(eta)} left` : "");
     $("load-status").textContent = `Uploading ${component || "weights"} weights to the GPU: ${msg.key || ""}`;
   }
 }
 
 const COMPONENTS = { text_encoder: "text encoder", unet: "UNet", vae: "VAE" };
+let uploadClock = null; // {component, t0, first} for the upload ETA
 const SOURCES = {
   cache: "from browser storage (no download)",
   network: "downloaded and stored in the browser",
@@ -430,6 +438,22 @@ function singleFileConfigUrl() {
   return null;
 }
 
+let loadCancelRequested = false;
+
+// Cancel while a model downloads or uploads: the worker stops the download at once and the
+// upload before the next tensor; the load then resolves as "cancelled".
+async function onLoadCancel() {
+  if (api.state !== "loading" || loadCancelRequested) return;
+  loadCancelRequested = true;
+  updateControls();
+  $("load-status").textContent = "Cancelling the load…";
+  try {
+    await request("cancel", {});
+  } catch {
+    /* the load's own reply says how it ended */
+  }
+}
+
 // payload: {baseUrl, variant, cache} or {files, name, variant} (see worker.js "load")
 let lastLoad = null; // {payload, label} of the last model load (reloaded after a lost GPU device)
 
@@ -452,6 +476,8 @@ async function loadWith(payload, label) {
   $("token-count").textContent = "";
   resetProgress();
   $("load-status").textContent = `Loading ${label}…`;
+  loadCancelRequested = false;
+  uploadClock = null;
   setState("loading");
   try {
     // f16 weight storage halves GPU memory where the adapter has shader-f16 (compute stays f32)
@@ -460,6 +486,13 @@ async function loadWith(payload, label) {
     const prediction_type = $("prediction-type").value || undefined;
     const config_url = payload.config_url;
     const msg = await request("load", { ...payload, storage, prediction_type, config_url, simulate_limits: api.testHooks.limits || undefined }, onProgress);
+    if (msg.status === "cancelled") {
+      $("load-status").textContent = `Loading ${label} was cancelled; no model is loaded.` +
+        (payload.baseUrl && payload.cache !== false ? " What was downloaded stays in browser storage: Load resumes it." : "");
+      await refreshStorage().catch(() => {});
+      setState("idle");
+      return;
+    }
     api.info = msg.info;
     api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note };
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
@@ -952,6 +985,7 @@ initTraining({ request, api, restartGpu });
 initLibrary({ request, api });
 initModelManager({ api, request, load: loadWith, isBusy: () => busy, fmtBytes }).catch(() => {});
 $("load-form").addEventListener("submit", onLoad);
+$("load-cancel").addEventListener("click", onLoadCancel);
 $("encode-form").addEventListener("submit", onEncode);
 $("prompt").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {

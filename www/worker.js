@@ -16,7 +16,7 @@
 //     {id, command: "edit", photo: Uint8Array (JPEG/PNG/WebP bytes), file_name, params: {as generate,
 //          suppress required, null_text_iters?}}  // SuppressEOT on a photo: progress stage "invert"
 //          per inversion step, then as generate (original_* = the photo's reconstruction, edit: true)
-//     {id, command: "cancel"}          // handled at once, never queued (see below)
+//     {id, command: "cancel"}          // handled at once, never queued (see below); also stops a load
 //   worker -> main
 //     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file,
 //          cached_bytes, resumed_bytes /* already on disk */, fetched_bytes, speed /* B/s */, eta_ms}
@@ -37,7 +37,8 @@
 //          elapsed_ms, suppress, original_image?, original_png?}}  // buffers are transferred;
 //                                      // with suppress: image = suppressed, original_* = same seed without
 //     {id, status: "cancelled", command: "generate", done, total}
-//     {id, status: "result", command: "cancel", result: {running: bool, queued: n}}
+//     {id, status: "cancelled", command: "load"}   // the load was cancelled; no model is loaded
+//     {id, status: "result", command: "cancel", result: {running: bool, queued: n, loading: bool}}
 //     {id, status: "error", command, message, kind: "oom" | "device_lost" | "crash" | null /* with advice in message */}
 // Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
 // makes the running generation stop before its next step (and queued ones never start).
@@ -198,7 +199,26 @@ async function bundledTokenizer() {
   return out;
 }
 
+let loading = null; // {id, ctl: AbortController, flag: {cancelled}} of the load in progress
+
 async function load(msg) {
+  const job = { id: msg.id, ctl: new AbortController(), flag: { cancelled: false } };
+  loading = job;
+  try {
+    await loadModel(msg, job);
+  } catch (err) {
+    if (!job.flag.cancelled) throw err;
+    if (session && loading === job) {
+      session.free();
+      session = null;
+    }
+    postMessage({ id: msg.id, status: "cancelled", command: "load" });
+  } finally {
+    if (loading === job) loading = null;
+  }
+}
+
+async function loadModel(msg, job) {
   const { id } = msg;
   const variant = msg.variant === "fp16" ? "fp16" : "fp32";
   const t0 = performance.now();
@@ -214,7 +234,7 @@ async function load(msg) {
   // The wasm module first: "app not built" must not cost a multi-GB download (and the
   // model request never starts). It is small next to any real model.
   const mod = await ensureWasm();
-  const m = await modelFiles(msg, variant, undefined);
+  const m = await modelFiles(msg, variant, job.ctl.signal);
   const { files, bytes } = m;
 
   const report = throttle((p) => {
@@ -238,6 +258,7 @@ async function load(msg) {
   files.__storage = msg.storage === "f16" ? "f16" : "f32";
   // single files: v-prediction cannot be seen in the weights (SD 2.x 768-v models need it)
   if (m.single_file && msg.prediction_type) files.__prediction_type = String(msg.prediction_type);
+  files.__cancel = job.flag; // checked before each tensor read (Cancel stops the upload too)
   try {
     s = await mod.Session.load(files, (p) => {
       p = plain(p) || {};
@@ -249,6 +270,7 @@ async function load(msg) {
     throw new Error("Loading the model failed: " + errorMessage(err));
   }
   session = s;
+  if (job.flag.cancelled) throw new Error("cancelled");
   postMessage({
     id,
     status: "loaded",
@@ -462,10 +484,17 @@ async function generate(msg) {
 function cancel({ id }) {
   const wasRunning = !!running;
   if (running) running.cancel = true;
+  // a model load: the download stops at once (its .part files stay for a resume), the upload
+  // to the GPU before the next tensor
+  const wasLoading = !!loading;
+  if (loading) {
+    loading.flag.cancelled = true;
+    loading.ctl.abort(new DOMException("Loading was cancelled", "AbortError"));
+  }
   const queued = queuedGenerates.size;
   for (const q of queuedGenerates) cancelledIds.add(q);
   queuedGenerates.clear();
-  postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued } });
+  postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued, loading: wasLoading } });
 }
 
 const LIBRARY = makeLibraryHandlers({ getSession: () => session, ensureWasm, plain });

@@ -34,15 +34,28 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A `Blob` (or `File`) read by byte ranges.
+/// A `Blob` (or `File`) read by byte ranges. With a cancel flag (a JS object whose `cancelled`
+/// the worker sets when the user cancels a load), reads after it is set fail, so a load stops
+/// at the next tensor.
 pub struct BlobSource {
     name: String,
     blob: Blob,
+    cancel: Option<JsValue>,
 }
 
 impl BlobSource {
     pub fn new(name: impl Into<String>, blob: Blob) -> Self {
-        Self { name: name.into(), blob }
+        Self { name: name.into(), blob, cancel: None }
+    }
+
+    /// This source with the cancel flag `files.__cancel` (if the worker passed one).
+    pub fn cancellable(mut self, files: &Object) -> Self {
+        self.cancel = Reflect::get(files, &JsValue::from_str("__cancel")).ok().filter(|v| v.is_object());
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().and_then(|c| Reflect::get(c, &JsValue::from_str("cancelled")).ok()).is_some_and(|v| v.is_truthy())
     }
 }
 
@@ -54,6 +67,9 @@ impl ByteSource for BlobSource {
         self.blob.size() as u64
     }
     async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, WeightsError> {
+        if self.cancelled() {
+            return Err(WeightsError::Io { file: self.name.clone(), reason: "loading was cancelled".into() });
+        }
         let io = |e: JsValue| WeightsError::Io { file: self.name.clone(), reason: format!("{e:?}") };
         let slice = self.blob.slice_with_f64_and_f64(offset as f64, (offset + len as u64) as f64).map_err(io)?;
         let buf = JsFuture::from(slice.array_buffer()).await.map_err(io)?;
@@ -189,7 +205,7 @@ impl Session {
 fn weights_source(files: &Object, dir: &str, candidates: &[&str]) -> Result<BlobSource, JsValue> {
     candidates
         .iter()
-        .find_map(|k| get_blob(files, k).map(|b| BlobSource::new(*k, b)))
+        .find_map(|k| get_blob(files, k).map(|b| BlobSource::new(*k, b).cancellable(files)))
         .ok_or_else(|| js_err(WeightsError::NoWeightsFile { dir: dir.into(), tried: candidates.iter().map(|s| s.to_string()).collect() }))
 }
 
@@ -227,7 +243,7 @@ impl Session {
         let (loaded, cfg, weights_key, dtype) = if let Some(blob) = get_blob(&files, single_file::SINGLE_FILE_KEY) {
             // a single-file (original LDM) checkpoint, converted while loading
             let name = Reflect::get(&files, &JsValue::from_str("__single_file_name")).ok().and_then(|v| v.as_string()).unwrap_or_else(|| "checkpoint.safetensors".into());
-            let source = BlobSource::new(name.clone(), blob);
+            let source = BlobSource::new(name.clone(), blob).cancellable(&files);
             let (mut sd, cfg, dtype) = single_file::load(&files, &source, tok_files, &device, storage, &progress_for).await?;
             if let Some(n) = Reflect::get(&files, &JsValue::from_str("__name")).ok().and_then(|v| v.as_string()) {
                 sd.name = n;

@@ -558,7 +558,34 @@ async function main() {
         await loadModel(page, "/models/tiny-sd1/", "fp32");
         const last = await encode(page, prompts[1]);
         const err = checkAgainstGolden(last, row(ids, 1), row(hidden, 1), "after error, prompt 1");
-        return `${JSON.stringify(text)}; reloaded fine, max|err|=${err.toExponential(3)}`;
+        // Cancel a load: right after Load (the download stops), and during the upload to the GPU
+        // (it stops before the next tensor); no model is left loaded, the next load works.
+        const cancels = [];
+        for (const when of ["at once", "during upload"]) {
+          loaded = null;
+          await page.fill("#model-url", "/models/tiny-sd1/");
+          await page.check("#model-cache");
+          await page.click("#load-button");
+          await page.waitForSelector("#load-cancel:not([hidden])", { timeout: 10_000 });
+          if (when === "during upload") {
+            await page.waitForFunction(() => /tensors/.test(document.getElementById("weights-text").textContent), null, { timeout: LOAD_TIMEOUT, polling: 20 });
+          }
+          const at = await page.textContent("#weights-text");
+          await page.click("#load-cancel");
+          await page.waitForFunction(() => document.body.dataset.state !== "loading", null, { timeout: LOAD_TIMEOUT, polling: 100 });
+          const st = await page.evaluate(() => ({ state: window.__pseudoword.state, info: window.__pseudoword.info, status: document.getElementById("load-status").textContent }));
+          assert.equal(st.state, "idle", `cancel ${when}: state ${st.state} (${st.status})`);
+          assert.equal(st.info, null, `cancel ${when}: no model loaded`);
+          assert.match(st.status, /was cancelled; no model is loaded/, `cancel ${when}: ${st.status}`);
+          assert.equal(await page.isHidden("#load-cancel"), true, "Cancel hidden again");
+          assert.equal(await page.isDisabled("#encode-button"), true, `cancel ${when}: encode disabled`);
+          cancels.push(`${when} (${at || "before any tensor"})`);
+        }
+        await shot(page, "v-load-cancelled");
+        await loadModel(page, "/models/tiny-sd1/", "fp32");
+        const again = await encode(page, prompts[1]);
+        checkAgainstGolden(again, row(ids, 1), row(hidden, 1), "after cancelled loads, prompt 1");
+        return `${JSON.stringify(text)}; reloaded fine, max|err|=${err.toExponential(3)}; cancelled ${cancels.join(", ")}, then loaded again`;
       });
     }
 
