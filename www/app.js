@@ -735,7 +735,9 @@ const BRANCH_TITLES = { image: "Attention per token", original: "Before suppress
 function showHeatmaps(hm) {
   for (const u of heatmapUrls) URL.revokeObjectURL(u);
   heatmapUrls = [];
-  const box = $("gen-heatmaps");
+  // Two elements carry id="gen-heatmaps" (the checkbox and this container; the tests select
+  // both by it): $("gen-heatmaps") is the checkbox, so pick the container inside its section.
+  const box = $("gen-heatmaps-box").querySelector("div#gen-heatmaps");
   box.replaceChildren();
   $("gen-heatmaps-box").hidden = !hm;
   if (!hm) return;
