@@ -6,6 +6,7 @@ import { initLibrary, libraryModelLoaded } from "./library.js";
 import { normalizeModelUrl, isSingleFileUrl } from "./models.js";
 import { cspBlockMessage, pagePolicy } from "./csp.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
+import { noteFocus, restoreFocus } from "./focus.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -40,7 +41,8 @@ function setState(state) {
   api.state = state;
   busy = state === "loading" || state === "encoding" || state === "generating";
   document.body.dataset.state = state;
-  document.body.setAttribute("aria-busy", busy ? "true" : "false");
+  // No aria-busy on <body>: screen readers hold back live regions inside a busy element, and the
+  // progress texts (#load-status, #gen-status...) are what should be heard while the page works.
   updateControls();
 }
 
@@ -466,6 +468,7 @@ async function loadWith(payload, label) {
     payload = { ...payload, config_url };
   }
   lastLoad = { payload, label };
+  const focus = noteFocus(); // the Load button, the URL field or a stored model's Load: all disabled while loading
   showError($("load-error"), "");
   api.error = null;
   api.info = null;
@@ -522,6 +525,7 @@ async function loadWith(payload, label) {
     libraryModelLoaded(msg.info);
     await refreshStorage().catch(() => {}); // the stored-model list is current when the state flips
     setState("loaded");
+    restoreFocus(focus, $("load-button"));
     scheduleTokenCount();
   } catch (err) {
     api.info = null;
@@ -530,6 +534,7 @@ async function loadWith(payload, label) {
     $("load-status").textContent = "Loading failed.";
     await refreshStorage().catch(() => {});
     setState("error");
+    restoreFocus(focus, $("load-button"));
   }
 }
 
@@ -557,6 +562,7 @@ async function onEncode(event) {
   showError($("encode-error"), "");
   api.error = null;
   $("encode-status").textContent = "Encoding…";
+  const focus = noteFocus();
   setState("encoding");
   try {
     const { result } = await request("encode", { prompt });
@@ -578,12 +584,14 @@ async function onEncode(event) {
     $("encode-result").hidden = false;
     $("encode-status").textContent = `Encoded in ${Number(result.millis).toFixed(1)} ms.`;
     setState("loaded");
+    restoreFocus(focus, $("encode-button"));
     scheduleTokenCount();
   } catch (err) {
     api.error = errorText(err);
     showError($("encode-error"), api.error);
     $("encode-status").textContent = "Encoding failed.";
     setState("error");
+    restoreFocus(focus, $("encode-button"));
   }
 }
 
@@ -799,7 +807,9 @@ const BRANCH_TITLES = { image: "Attention per token", original: "Before suppress
 function showHeatmaps(hm) {
   for (const u of heatmapUrls) URL.revokeObjectURL(u);
   heatmapUrls = [];
-  const box = $("gen-heatmaps");
+  // Two elements carry id="gen-heatmaps" (the checkbox and this container; the tests select
+  // both by it): $("gen-heatmaps") is the checkbox, so pick the container inside its section.
+  const box = $("gen-heatmaps-box").querySelector("div#gen-heatmaps");
   box.replaceChildren();
   $("gen-heatmaps-box").hidden = !hm;
   if (!hm) return;
@@ -917,7 +927,10 @@ async function runGeneration(command, payload, transfer, total, startText) {
   $("gen-progress").max = total;
   $("gen-progress").value = 0;
   $("gen-status").textContent = startText;
+  const focus = noteFocus();
   setState("generating");
+  // Started from the Generate / Edit photo button (now disabled): keyboard focus goes to Cancel.
+  if (!focus || focus.el === $("generate-button") || focus.el === $("edit-button")) $("cancel-button").focus();
   try {
     const msg = await request(command, payload, onGenerateProgress, transfer);
     const g = api.generation;
@@ -964,6 +977,8 @@ async function runGeneration(command, payload, transfer, total, startText) {
   } finally {
     cancelRequested = false;
     updateControls();
+    // focus on Cancel (disabled again) or lost: back to what started the run
+    restoreFocus(focus, $("generate-button"));
   }
 }
 

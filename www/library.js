@@ -3,6 +3,8 @@
 // browser; each can be used in prompts, renamed, deleted and downloaded in any format.
 // Tests read window.__pseudoword.library: {entries, status, error, seq}.
 
+import { noteFocus, restoreFocus } from "./focus.js";
+
 const $ = (id) => document.getElementById(id);
 const FORMATS = [
   ["diffusers", "diffusers .safetensors"],
@@ -45,8 +47,13 @@ function button(text, label, onClick, secondary = true) {
   return b;
 }
 
+// The list is rebuilt on every change: a focused control in it (Use, Rename, Delete...) goes back
+// to its twin in the same entry, to the entry that took its place after a Delete, or to the
+// panel heading when the list is now empty.
 function render(entries) {
   const ul = $("library-list");
+  const focus = noteFocus();
+  const inList = focus && focus.list === ul;
   ul.replaceChildren();
   $("library-empty").hidden = entries.length > 0;
   for (const e of entries) {
@@ -60,7 +67,7 @@ function render(entries) {
     const meta = document.createElement("small");
     meta.textContent = ` ${e.vectors} x ${e.dim}, ${e.source}${e.name !== e.token ? ` from ${e.name}` : ""}, ${new Date(e.created).toLocaleString()}${e.active ? " (in use)" : ""}`;
     title.append(tok, meta);
-    const use = button(e.active ? "In use" : "Use", `Use ${e.token} in prompts`, () => act("library_use", { key: e.id }, (r) => (r.already ? `${e.token} is already usable in prompts.` : `${e.token} can now be used in prompts.`)), false);
+    const use = button(e.active ? "In use" : "Use", e.active ? `${e.token} is in use` : `Use ${e.token} in prompts`, () => act("library_use", { key: e.id }, (r) => (r.already ? `${e.token} is already usable in prompts.` : `${e.token} can now be used in prompts.`)), false);
     use.disabled = !modelLoaded || e.active;
     use.className = "library-use";
     const rename = button("Rename", `Rename ${e.token}`, () => renameEntry(e));
@@ -79,6 +86,7 @@ function render(entries) {
     li.append(title, use, rename, format, dl, del);
     ul.append(li);
   }
+  if (inList) restoreFocus(focus, $("library-title"));
 }
 
 async function act(command, payload, message) {

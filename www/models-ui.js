@@ -3,6 +3,7 @@
 // with Load / Delete. State for tests: api.storage {opfs, usage, quota, persisted, models, seq}.
 
 import { PRESETS, presetUrl, findPreset, normalizeModelUrl, mapPickedFiles, listCached, opfsAvailable } from "./models.js";
+import { noteFocus, restoreFocus } from "./focus.js";
 
 const $ = (id) => document.getElementById(id);
 const gb = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${Math.round(n / 1e6)} MB`);
@@ -79,6 +80,7 @@ export async function refreshStorage() {
       (st.persisted ? " (persistent: the browser will not evict it)." : " (the browser may evict it when space runs low).");
   $("persist-button").hidden = !st.opfs || !!st.persisted || !navigator.storage?.persist;
   const ul = $("cached-models");
+  const focus = noteFocus();
   ul.replaceChildren();
   for (const m of st.models) {
     const li = document.createElement("li");
@@ -92,6 +94,7 @@ export async function refreshStorage() {
     load.type = "button";
     load.textContent = m.complete ? "Load" : "Resume";
     load.dataset.action = "load";
+    load.setAttribute("aria-label", `${load.textContent} ${m.name} (${m.variant})`);
     load.disabled = ctx.isBusy();
     load.addEventListener("click", () => {
       $("model-url").value = m.url.startsWith(location.origin) ? m.url.slice(location.origin.length) : m.url;
@@ -105,8 +108,10 @@ export async function refreshStorage() {
     del.className = "secondary";
     del.textContent = "Delete";
     del.dataset.action = "delete";
+    del.setAttribute("aria-label", `Delete ${m.name} (${m.variant}) from browser storage`);
     del.disabled = ctx.isBusy();
     del.addEventListener("click", async () => {
+      const focus = noteFocus(); // before disabling: Chrome then moves focus to <body>
       del.disabled = true;
       try {
         await ctx.request("models_delete", { key: m.key });
@@ -115,11 +120,15 @@ export async function refreshStorage() {
         return;
       }
       await refreshStorage();
+      restoreFocus(focus, $("model-storage").querySelector("summary"));
     });
     li.append(text, " ", load, " ", del);
     ul.append(li);
   }
   $("cached-empty").hidden = st.models.length > 0;
+  // the list was rebuilt: a focused Load / Delete goes to its twin, or after a Delete to the
+  // next stored model's Delete, or to the section's summary when none is left
+  if (focus && focus.list === ul) restoreFocus(focus, $("model-storage").querySelector("summary"));
   api.storage = st;
   return st;
 }

@@ -4,6 +4,7 @@
 // recovered /* resumes after a lost GPU device */, recovering /* true while one is under way */}.
 
 import { libraryChanged } from "./library.js";
+import { noteFocus, restoreFocus } from "./focus.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -46,22 +47,29 @@ function updateControls() {
   for (const b of $("train-downloads").querySelectorAll("button")) b.disabled = running || !trained;
 }
 
-function renderPhotos() {
+// After a photo is removed, focus goes to the next photo's remove button (the last one's when
+// the last was removed), or back to the drop zone when none is left.
+function renderPhotos(announce = "") {
   const ul = $("photo-list");
+  const focus = noteFocus();
+  const inList = focus && focus.list === ul;
   ul.replaceChildren();
   photos.forEach((p, i) => {
     const li = document.createElement("li");
+    li.dataset.key = p.url;
     const img = document.createElement("img");
     img.src = p.url;
     img.alt = p.name;
     const rm = document.createElement("button");
     rm.type = "button";
     rm.textContent = "×";
+    rm.dataset.action = "remove";
+    rm.setAttribute("aria-label", `Remove ${p.name}`);
     rm.title = `Remove ${p.name}`;
     rm.addEventListener("click", () => {
       URL.revokeObjectURL(p.url);
       photos.splice(i, 1);
-      renderPhotos();
+      renderPhotos(`Removed ${p.name}.`);
     });
     const cap = document.createElement("small");
     cap.textContent = p.size ? `${p.name} (${p.size})` : p.name;
@@ -69,6 +77,9 @@ function renderPhotos() {
     ul.append(li);
   });
   api.training.photos = photos.map((p) => p.name);
+  if (inList) restoreFocus(focus, $("photo-drop"));
+  const n = photos.length;
+  $("photo-status").textContent = announce ? `${announce} ${n} photo${n === 1 ? "" : "s"} chosen.` : "";
   updateControls();
 }
 
@@ -84,7 +95,8 @@ async function addFiles(files) {
     }
   }
   showError($("photo-error"), errors.join("\n"));
-  renderPhotos();
+  const added = files.length - errors.length;
+  renderPhotos(added > 0 ? `Added ${added} photo${added === 1 ? "" : "s"}.` : "");
 }
 
 function applyPreset() {
@@ -187,7 +199,10 @@ async function startTraining(resume, recovered = 0) {
   running = true;
   trained = false;
   setTraining({ state: "preparing", step: 0, steps: 0, losses: recovered ? api.training.losses : [], error: null, tokens: null, previews: 0, recovered });
+  const focus = noteFocus();
   updateControls();
+  // Start training (or Resume) is disabled while it runs: keyboard focus goes to Pause.
+  if (!focus || focus.el === $("train-start") || focus.el === $("train-resume-autosave")) $("train-pause").focus();
   let recover = null;
   try {
     // a resumed run keeps its own settings (preview interval included)
@@ -215,6 +230,8 @@ async function startTraining(resume, recovered = 0) {
     running = false;
     updateControls();
     await refreshAutosave();
+    // Pause / Cancel are disabled again: back to Start, or to the downloads of what was learned
+    restoreFocus(focus, $("train-start"), ...$("train-downloads").querySelectorAll("button"));
   }
   if (recover && !(api.training.autosave && api.training.autosave.exists)) setTraining({ recovering: false });
   if (recover && api.training.autosave && api.training.autosave.exists) {
@@ -280,7 +297,11 @@ export function initTraining(options) {
     drop.classList.add("over");
   });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  // keyboard: Enter or Space on the focused drop zone opens the file chooser
+  // The drop zone is a button (role="button", tabindex="0"): a click anywhere on it, or Enter or
+  // Space while it has focus, opens the file chooser (the input's own click bubbles up: ignored).
+  drop.addEventListener("click", (e) => {
+    if (e.target !== $("photo-input")) $("photo-input").click();
+  });
   drop.addEventListener("keydown", (e) => {
     if (e.target === drop && (e.key === "Enter" || e.key === " ")) {
       e.preventDefault();
@@ -309,15 +330,19 @@ export function initTraining(options) {
   $("train-cancel").addEventListener("click", () => request("train_control", { action: "cancel" }));
   $("train-resume-autosave").addEventListener("click", () => startTraining(true));
   $("train-discard-autosave").addEventListener("click", async () => {
+    const focus = noteFocus();
     await request("clear_autosave", {});
-    refreshAutosave();
+    await refreshAutosave();
+    restoreFocus(focus, $("photo-drop")); // the autosave notice is gone
   });
   for (const b of $("train-downloads").querySelectorAll("button[data-format]")) b.addEventListener("click", () => download(b.dataset.format));
   $("train-use").addEventListener("click", async () => {
+    const focus = noteFocus();
     try {
       const r = (await request("finish_training", {})).result;
       trained = false;
       updateControls();
+      restoreFocus(focus, $("gen-prompt")); // the buttons are disabled now; the token goes into prompts
       $("train-status").textContent = `${r.tokens.join(", ")} can now be used in prompts (step ${r.step}).`;
       libraryChanged();
     } catch (err) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // End-to-end tests of the pseudoword web app in headless Chromium (WebGPU on SwiftShader).
 //
-//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii,xiii,xiv,xvi]
+//   node tests/browser/run.mjs [--cases i,ii,iii,iv,v,vi,vii,viii,ix,x,xi,xii,xiii,xiv,xv,xvi]
 //
 // Starts scripts/serve.mjs on a free port, drives www/ through its real UI with the system
 // Chromium (/usr/bin/chromium, or $CHROMIUM) and compares against the goldens in
@@ -21,6 +21,7 @@ import zlib from "node:zlib";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { caseFlow, caseCsp } from "./flow.mjs";
 import { caseSingleFile, LDM_DIR } from "./single-file.mjs";
+import { caseKeyboard } from "./a11y.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
@@ -52,8 +53,8 @@ const WEBGPU_FLAGS = [
 ];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
-const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv", "xvi"];
-const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xvi"]);
+const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv", "xv", "xvi"];
+const NEEDS_WASM = new Set(["ii", "iii", "v", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xv", "xvi"]);
 // Case xii: the same tiny model under a second URL whose first text-encoder download the server
 // cuts after RESUME_CUT bytes (scripts/serve.mjs PSEUDOWORD_SERVE_ABORT_ONCE).
 const RESUME_PREFIX = "/models/tiny-resume/";
@@ -927,6 +928,12 @@ async function main() {
     if (cases.has("xiv")) {
       await runCase("xiv", "Content-Security-Policy in force (meta = header; unlisted host refused; custom model host explained)", async () => caseCsp(flowHelpers()));
     }
+    if (cases.has("xv")) {
+      await runCase("xv", "keyboard only: load, encode, details, file choosers, generate, cancel, delete; Tab reaches every control, each named, with a visible focus ring", async () => {
+        needGeneration();
+        return caseKeyboard({ ...flowHelpers(), setLoaded: (url, variant) => (loaded = { url, variant }), LOAD_TIMEOUT, ARTIFACTS });
+        });
+      }
     if (cases.has("xvi")) {
       await runCase("xvi", "single-file (LDM) checkpoint: picked with configs = diffusers image; by URL + 'Configs from', cached; typed errors", async () => {
         needGeneration();
