@@ -497,7 +497,7 @@ async function loadWith(payload, label) {
       return;
     }
     api.info = msg.info;
-    api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note };
+    api.model = { source: msg.source, url: msg.url, variant: msg.variant, key: msg.cache_key, cached_files: msg.cached_files, resumed_files: msg.resumed_files, note: msg.note, configs_cached: msg.configs_cached || [] };
     const fileRows = Object.entries(msg.files).map(([p, n]) => [p, fmtBytes(n)]);
     fillKv($("model-info"), [
       ...Object.entries(msg.info).map(([k, v]) => [

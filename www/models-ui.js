@@ -111,6 +111,8 @@ export async function refreshStorage() {
     del.setAttribute("aria-label", `Delete ${m.name} (${m.variant}) from browser storage`);
     del.disabled = ctx.isBusy();
     del.addEventListener("click", async () => {
+      const again = m.complete ? " Loading it again downloads it again." : " The part downloaded so far is lost.";
+      if (!confirm(`Delete ${m.name} (${m.variant === "single" ? "single file" : m.variant}, ${f(m.bytes)}) from browser storage?${again}`)) return;
       const focus = noteFocus(); // before disabling: Chrome then moves focus to <body>
       del.disabled = true;
       try {

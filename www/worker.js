@@ -24,7 +24,9 @@
 //          loaded, total /* tensors of that component */, key}
 //     {id, status: "loaded", info, files: {path: bytes}, download_ms, total_ms, url, variant,
 //          source: "cache" | "network" | "partial" | "memory" | "local", cache_key, cached_files,
-//          resumed_files: [{path, from}], note /* e.g. OPFS unavailable */}
+//          resumed_files: [{path, from}], note /* e.g. OPFS unavailable */,
+//          configs_cached: ["unet/config.json", ...] /* "Configs from" files taken from the Cache API
+//          because the host was unreachable */}
 //     {id, status: "result", command: "encode", result: {input_ids, tokens, shape, data: Float32Array,
 //                                                        millis, min, max, mean, std}}
 //     {id, status: "result", command: "tokenize", result: {input_ids, ids, tokens}}
@@ -150,10 +152,48 @@ async function modelFiles(msg, variant, signal) {
     r.single_file = true;
     r.files.__single_file_name = r.name;
     // diffusers' from_single_file(config=...): configs (and tokenizer) of a matching diffusers folder
-    if (msg.config_url) Object.assign(r.files, await folderConfigs(msg.config_url, r.files));
+    if (msg.config_url) {
+      const c = await folderConfigs(msg.config_url, r.files);
+      Object.assign(r.files, c.files);
+      r.configs_cached = c.fromCache;
+      if (c.fromCache.length) r.note = [r.note, `"Configs from" host unreachable: used the configs kept in this browser (${c.fromCache.length} files).`].filter(Boolean).join(" ");
+    }
     if (!r.files["tokenizer/vocab.json"] || !r.files["tokenizer/merges.txt"]) Object.assign(r.files, await bundledTokenizer());
   }
   return r;
+}
+
+// Cache API store of "Configs from" files (a few KiB each): a cached single-file checkpoint
+// then also loads offline. Network first (a folder's configs may change), this copy when the
+// host cannot be reached. 404s are cached too, as "the folder has no such file".
+const CONFIGS_CACHE = "pseudoword-configs-v1";
+
+async function configsCache() {
+  try {
+    return self.caches ? await self.caches.open(CONFIGS_CACHE) : null;
+  } catch {
+    return null; // no Cache API (e.g. an insecure origin): configs then need the network
+  }
+}
+
+// fetch(url) for a config file: the response, or the cached one when the network fails.
+async function fetchConfig(url, cache) {
+  let res;
+  try {
+    res = await fetch(url);
+  } catch (err) {
+    const hit = cache && (await cache.match(url));
+    if (hit) return { res: hit, cached: true };
+    throw new Error(`Could not fetch ${url} (configs for the single-file checkpoint): ${errorMessage(err)}. Check the "Configs from" URL (same origin or CORS-enabled, and allowed by the page's Content-Security-Policy); once fetched, configs are kept for offline use.`);
+  }
+  if (cache && (res.ok || res.status === 404)) {
+    try {
+      await cache.put(url, res.clone());
+    } catch {
+      /* storage full: the configs still work this time */
+    }
+  }
+  return { res, cached: false };
 }
 
 // The configs and tokenizer files of the diffusers folder at `raw` that `have` lacks, as
@@ -161,23 +201,21 @@ async function modelFiles(msg, variant, signal) {
 async function folderConfigs(raw, have) {
   const base = normalizeModelUrl(raw, self.location.href);
   const paths = [...SINGLE_FILE_CONFIGS, ...TOKENIZER_FILES.map((n) => "tokenizer/" + n)];
+  const cache = await configsCache();
   const out = {};
+  const fromCache = [];
   for (const p of paths) {
     if (have[p]) continue; // picked with the checkpoint: those win
     const url = new URL(p, base).href;
-    let res;
-    try {
-      res = await fetch(url);
-    } catch (err) {
-      throw new Error(`Could not fetch ${url} (configs for the single-file checkpoint): ${errorMessage(err)}. Check the "Configs from" URL (same origin or CORS-enabled, and allowed by the page's Content-Security-Policy).`);
-    }
+    const { res, cached } = await fetchConfig(url, cache);
+    if (cached) fromCache.push(p);
     if (res.ok) out[p] = await res.blob();
     else if (res.status !== 404) throw new Error(`${url} answered HTTP ${res.status} (configs for the single-file checkpoint): check the "Configs from" URL.`);
   }
   if (!Object.keys(out).some((p) => p.endsWith("config.json"))) {
     throw new Error(`"Configs from" ${base} has none of ${SINGLE_FILE_CONFIGS.join(", ")}: give the URL of a diffusers model folder (or leave it empty to infer the configs).`);
   }
-  return out;
+  return { files: out, fromCache };
 }
 
 // The CLIP BPE files shipped with the app (BUNDLED_TOKENIZER), as {"tokenizer/NAME": Blob}.
@@ -283,6 +321,7 @@ async function loadModel(msg, job) {
     cached_files: m.cached_files,
     resumed_files: m.resumed_files,
     note: m.note,
+    configs_cached: m.configs_cached ?? [],
     url: m.url ?? null,
     variant,
   });

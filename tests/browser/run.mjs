@@ -1025,8 +1025,16 @@ async function main() {
           st = await storage();
           assert.equal(st.models.length, 2);
           const usage = st.usage;
+          // Delete asks first (the message names the model and its size); Cancel keeps it
+          let asked = "";
+          page.once("dialog", (d) => { asked = d.message(); return d.dismiss(); });
+          await page.click("#cached-models li button[data-action=delete]");
+          await page.waitForTimeout(300);
+          assert.match(asked, /^Delete .+ \(.+, [\d.]+ [KMG]iB\) from browser storage\?/, `confirmation: ${asked}`);
+          assert.equal((await storage()).models.length, 2, "Cancel in the confirmation keeps the model");
           for (let n = 2; n > 0; n--) {
             const seq = (await storage()).seq;
+            page.once("dialog", (d) => d.accept());
             await page.click("#cached-models li button[data-action=delete]");
             st = await waitStorage(seq);
             assert.equal(st.models.length, n - 1);

@@ -3,7 +3,8 @@
 // conversion diffusers' own converters checked; tests/ldm_checkpoint.rs uses the same one) is
 //   1. picked with its config.json files: generates diffusers' ddim_4 image from the golden latents;
 //   2. loaded by URL with "Configs from" the diffusers folder: encodes like transformers, is cached
-//      in browser storage and loads from there the second time;
+//      in browser storage and loads from there the second time, with the configs host
+//      unreachable (the configs come from their Cache API copies);
 //   3. loaded by URL without configs: the typed error saying the tiny CLIP's head count cannot be
 //      inferred and what to do; a truncated checkpoint is refused by name; the page stays usable.
 // Imported by run.mjs, which passes its helpers in `h` (see flowHelpers there) and serves
@@ -144,18 +145,41 @@ export async function caseSingleFile(h) {
   await h.shot(page, "xvi-single-file-picked");
   lines.push(`picked: load ${loadPicked.toFixed(1)} s, encode max|err| ${encErr.toExponential(2)}, ddim_4 image max|err| ${imgErr.toExponential(2)} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 
-  // 2. by URL with "Configs from": downloaded, cached, then loaded from browser storage
+  // 2. by URL with "Configs from": downloaded, cached, then loaded from browser storage with the
+  //    configs host unreachable (every /models/tiny-sd1/ request aborted): the configs kept in
+  //    the Cache API serve, so a stored checkpoint loads offline
   const url = "/models/ldm/" + LDM_NAME;
+  const configsHost = "**/models/tiny-sd1/**";
+  const unreachable = (route) => route.abort("internetdisconnected");
   for (const expected of ["network", "cache"]) {
     t0 = Date.now();
     await page.fill("#model-url", url);
     await page.fill("#single-config-url", "/models/tiny-sd1/");
     await page.check("#model-cache");
-    await page.click("#load-button");
-    s = await waitLoad(page, h.LOAD_TIMEOUT);
+    if (expected === "cache") await page.context().route(configsHost, unreachable);
+    let aborted = 0;
+    const count = (r) => { if (r.url().includes("/models/tiny-sd1/")) aborted += 1; };
+    page.context().on("requestfailed", count);
+    try {
+      await page.click("#load-button");
+      s = await waitLoad(page, h.LOAD_TIMEOUT);
+    } finally {
+      page.context().off("requestfailed", count);
+      if (expected === "cache") await page.context().unroute(configsHost, unreachable);
+    }
     assert.equal(s.state, "loaded", `by URL (${expected}): ${s.error}`);
     assert.equal(s.model.source, expected, `source of the ${expected === "network" ? "first" : "second"} URL load`);
     assert.equal(s.info.weights_file, LDM_NAME);
+    if (expected === "network") {
+      assert.deepEqual(s.model.configs_cached, [], "first load: configs from the network");
+    } else {
+      assert.ok(aborted > 0, "the configs host was reached for and refused");
+      for (const f of ["unet/config.json", "text_encoder/config.json", "vae/config.json", "tokenizer/vocab.json"]) {
+        assert.ok(s.model.configs_cached.includes(f), `${f} from the configs cache: ${JSON.stringify(s.model.configs_cached)}`);
+      }
+      assert.match(s.status, /used the configs kept in this browser/, `status says so: ${s.status}`);
+      lines.push(`configs host unreachable: ${s.model.configs_cached.length} files from the Cache API (${aborted} requests refused)`);
+    }
     const e = await h.encode(page, prompts[2]);
     const err = h.checkAgainstGolden(e, goldenRow("input_ids", 2), goldenRow("last_hidden_state", 2), `by URL (${expected}), prompt 2`);
     lines.push(`URL (${expected}): load ${((Date.now() - t0) / 1000).toFixed(1)} s, encode max|err| ${err.toExponential(2)}`);
@@ -184,6 +208,7 @@ export async function caseSingleFile(h) {
   const errLine = s.errorBox.slice(0, 160);
 
   // the page still works: delete the stored checkpoint, the tiny folder loads again
+  page.once("dialog", (d) => d.accept()); // "Delete ... from browser storage?"
   await page.click(`#cached-models li[data-key="${entry.key}"] button[data-action="delete"]`);
   await page.waitForFunction((k) => !window.__pseudoword.storage.models.some((x) => x.key === k), entry.key, { timeout: 30_000 });
   await h.ensureModel(page, "/models/tiny-sd1/", "fp32");
