@@ -807,9 +807,7 @@ const BRANCH_TITLES = { image: "Attention per token", original: "Before suppress
 function showHeatmaps(hm) {
   for (const u of heatmapUrls) URL.revokeObjectURL(u);
   heatmapUrls = [];
-  // Two elements carry id="gen-heatmaps" (the checkbox and this container; the tests select
-  // both by it): $("gen-heatmaps") is the checkbox, so pick the container inside its section.
-  const box = $("gen-heatmaps-box").querySelector("div#gen-heatmaps");
+  const box = $("gen-heatmaps-tiles"); // #gen-heatmaps is the checkbox that asks for them
   box.replaceChildren();
   $("gen-heatmaps-box").hidden = !hm;
   if (!hm) return;

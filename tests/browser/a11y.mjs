@@ -147,12 +147,10 @@ function staticChecks() {
       for (const id of el.getAttribute(attr).split(/\s+/)) if (!document.getElementById(id)) bad(`${attr}="${id}" on #${el.id || el.tagName} names no element`);
     }
   }
-  // ids are unique; KNOWN: the heatmap checkbox and the strip container share "gen-heatmaps"
-  // (case xi and startGeneration in run.mjs select both by it; app.js copes)
-  const KNOWN_DUPLICATES = new Set(["gen-heatmaps"]);
+  // ids are unique
   const seen = new Map();
   for (const el of document.querySelectorAll("[id]")) seen.set(el.id, (seen.get(el.id) || 0) + 1);
-  for (const [id, n] of seen) if (n > 1 && !KNOWN_DUPLICATES.has(id)) bad(`id "${id}" is used ${n} times`);
+  for (const [id, n] of seen) if (n > 1) bad(`id "${id}" is used ${n} times`);
   for (const l of document.querySelectorAll("label[for]")) if (!document.getElementById(l.htmlFor)) bad(`label for="${l.htmlFor}" names no element`);
   const described = new Set([...document.querySelectorAll("[aria-describedby]")].flatMap((el) => el.getAttribute("aria-describedby").split(/\s+/)));
   const helps = [...document.querySelectorAll('[id$="-help"]')].map((el) => el.id);
@@ -430,7 +428,7 @@ async function keyboardCase(h) {
   // screenshots with focus rings: a list button, a heatmap tile link, the download link, the full page
   await tabTo('#library-list li[data-token="<xv-a>"] .library-delete', { back: true, max: 200 });
   await focusShot("xv-focus-library-delete", 60);
-  await tabTo("#gen-heatmaps a", { back: true, max: 200 });
+  await tabTo("#gen-heatmaps-tiles a", { back: true, max: 200 });
   await focusShot("xv-focus-heatmap-tile");
   await tabTo("#gen-download", { back: true, max: 200 });
   await focusShot("xv-focus-download-link");

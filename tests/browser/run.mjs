@@ -714,7 +714,7 @@ async function main() {
         const link = await page.getAttribute("#gen-download", "download");
         assert.equal(link, `pseudoword-${r.seed}.png`);
         assert.deepEqual(r.heatmaps && [r.heatmaps.tokens, r.heatmaps.steps, r.heatmaps.branches], [["a", "photo", "of", "a", "cat"], 2, [{ name: "image", tiles: 5 }]], "heatmaps of the image");
-        const strip = await page.evaluate(() => [...document.querySelectorAll("#gen-heatmaps .heatmap-strip")].map((s) => [s.dataset.branch, s.querySelectorAll("img").length]));
+        const strip = await page.evaluate(() => [...document.querySelectorAll("#gen-heatmaps-tiles .heatmap-strip")].map((s) => [s.dataset.branch, s.querySelectorAll("img").length]));
         assert.deepEqual(strip, [["image", 5]], "one heatmap strip with a tile per token");
         await shot(page, "viii-after-cancel");
         return `cancelled at step ${g.done}/50 ${latency} ms after the click (step ~${stepMs.toFixed(0)} ms); then 2 steps with random seed ${r.seed} in ${(g2.elapsed_ms / 1000).toFixed(1)} s`;
@@ -890,7 +890,7 @@ async function main() {
         assert.deepEqual(hm.tokens, ["a", "photo", "of", "a", "cat"], "tokens");
         assert.deepEqual(hm.branches.map((b) => [b.name, b.tiles]), [["original", 5], ["suppressed", 5]], "one tile per token per branch");
         const strips = await page.evaluate(() =>
-          [...document.querySelectorAll("#gen-heatmaps .heatmap-strip")].map((s) => ({
+          [...document.querySelectorAll("#gen-heatmaps-tiles .heatmap-strip")].map((s) => ({
             branch: s.dataset.branch,
             title: s.querySelector("h4").textContent,
             tiles: [...s.querySelectorAll("img")].map((i) => ({ alt: i.alt, w: i.naturalWidth, h: i.naturalHeight, ok: i.complete })),
@@ -932,8 +932,8 @@ async function main() {
       await runCase("xv", "keyboard only: load, encode, details, file choosers, generate, cancel, delete; Tab reaches every control, each named, with a visible focus ring", async () => {
         needGeneration();
         return caseKeyboard({ ...flowHelpers(), setLoaded: (url, variant) => (loaded = { url, variant }), LOAD_TIMEOUT, ARTIFACTS });
-        });
-      }
+      });
+    }
     if (cases.has("xvi")) {
       await runCase("xvi", "single-file (LDM) checkpoint: picked with configs = diffusers image; by URL + 'Configs from', cached; typed errors", async () => {
         needGeneration();
