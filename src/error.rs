@@ -50,6 +50,9 @@ pub enum WeightsError {
     #[error("{file} is not a Stable Diffusion 1.x/2.x single-file checkpoint: {reason}. Expected an original-LDM .safetensors as AUTOMATIC1111/ComfyUI use (keys `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`); for a diffusers model pass its folder, for a textual-inversion embedding use --embedding.")]
     NotACheckpoint { file: String, reason: String },
 
+    #[error("loading was cancelled")]
+    Cancelled,
+
     #[error("{file}: {what} is not supported; this port loads SD 1.x/2.x text-to-image checkpoints. {hint}")]
     UnsupportedCheckpoint { file: String, what: String, hint: String },
 }
@@ -109,6 +112,43 @@ pub enum DeviceError {
     NoAdapter { reason: String },
     #[error("reading a result back from the device failed: {reason}")]
     Readback { reason: String },
+    #[error("the device failed while running the work queued on it: {reason}")]
+    Sync { reason: String },
+}
+
+/// Errors in what the user asked for (settings of a run, inputs, output files). Settings are
+/// named by their field names (`steps`, `num_images`): the CLI shows them as its flags
+/// (`--steps`), the page as its labels.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{setting} {reason}")]
+    Setting { setting: &'static str, reason: String },
+    #[error("width and height must be positive multiples of {multiple}, got {width}x{height}")]
+    Size { multiple: usize, width: usize, height: usize },
+    #[error("latents have shape {actual:?} but this run needs {expected:?}")]
+    LatentShape { expected: Vec<usize>, actual: Vec<usize> },
+    #[error("the run is already finished")]
+    Finished,
+    #[error("this UNet has no cross-attention in its down/up blocks: {what} cannot run on it")]
+    NoCrossAttention { what: &'static str },
+    #[error("cannot {action} {path}: {reason}")]
+    File { action: &'static str, path: String, reason: String },
+    #[error("{path}: no tensor `{name}` (found {found:?})")]
+    NoTensor { path: String, name: String, found: Vec<String> },
+    #[error("{path}: {size} bytes is far too large for an embedding file (a model checkpoint?); embeddings are kilobytes")]
+    EmbeddingTooLarge { path: String, size: u64 },
+}
+
+impl InputError {
+    /// `setting` (a settings field name) is invalid: `reason` says what it must be.
+    pub fn setting(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::Setting { setting, reason: reason.into() }
+    }
+
+    /// A file could not be read or written.
+    pub fn file(action: &'static str, path: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Self::File { action, path: path.to_string(), reason: reason.to_string() }
+    }
 }
 
 /// Any error of the library.
@@ -126,8 +166,14 @@ pub enum Error {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Scheduler(#[from] crate::schedulers::SchedulerError),
-    #[error("{0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Suppress(#[from] crate::suppress::SuppressError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Photo(#[from] crate::photos::PhotoError),
     #[error("cancelled")]
     Cancelled,
 }

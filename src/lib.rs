@@ -5,13 +5,19 @@
 //! [`models`] diffusers/transformers modules; [`pipeline`] prompt encoding; [`embedding_files`]
 //! textual-inversion files; [`native`] CLI-side helpers; `web` the wasm-bindgen surface.
 
+pub mod attention_maps;
 pub mod embedding_files;
+pub mod jobs;
 pub mod error;
 pub mod kernels;
 pub mod loader;
 pub mod models;
+pub mod photos;
 pub mod pipeline;
+pub mod prediction_type;
+pub mod readback;
 pub mod schedulers;
+pub mod serde_str;
 pub mod suppress;
 pub mod tokenizer;
 pub mod train;
@@ -21,8 +27,6 @@ pub mod weights;
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod single_file;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -1,4 +1,5 @@
-//! Native (non-wasm) conveniences: devices, model folders and embedding files on disk.
+//! Native (non-wasm) conveniences: devices, model folders and single files on disk (the
+//! [`crate::loader::ModelFiles`] of the CLI, tests and `bench`) and embedding files.
 //! Futures here are driven with `pollster::block_on`: on native wgpu and the CPU backend
 //! nothing in them waits on anything but file reads.
 
@@ -7,14 +8,12 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::embedding_files::{TextualInversion, read_safetensors_embedding};
-use crate::error::{ConfigError, DeviceError, Error};
-use crate::loader::load_text_encoder;
-use crate::weights::WeightStorage;
+use crate::error::{ConfigError, DeviceError, Error, InputError};
+use crate::loader::{LoadOptions, Loaded, Parts};
 use crate::pipeline::{PromptEncoder, StableDiffusion};
-use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::prediction_type::PredictionType;
 use crate::tokenizer::ClipTokenizer;
-use crate::single_file::{self, SingleFileOptions};
-use crate::weights::{FileSource, find_weights_file};
+use crate::weights::{FileSource, WeightStorage};
 
 /// Which compute device to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,33 +66,125 @@ pub fn select_device(choice: DeviceChoice) -> Result<(Device, &'static str), Dev
     }
 }
 
-fn read_text(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::Io { file: path.display().to_string(), reason: e.to_string() })
+/// A model's files on disk (see [`crate::loader::ModelFiles`]): exact files first, then folders
+/// mounted under a path prefix (`""` for a model folder, `"tokenizer/"` for a tokenizer folder).
+#[derive(Clone, Debug, Default)]
+pub struct DirFiles {
+    files: Vec<(String, PathBuf)>,
+    mounts: Vec<(String, PathBuf)>,
 }
 
-/// Loads tokenizer + text encoder of a diffusers model folder (`tokenizer/`, `text_encoder/`).
-/// `variant` picks `model.<variant>.safetensors` (e.g. `fp16`).
+impl DirFiles {
+    /// The files of a diffusers model folder.
+    pub fn folder(dir: &Path) -> Self {
+        Self { files: vec![], mounts: vec![(String::new(), dir.to_path_buf())] }
+    }
+
+    /// Where `path` is on disk, if it exists.
+    pub fn resolve(&self, path: &str) -> Option<PathBuf> {
+        if let Some((_, p)) = self.files.iter().find(|(k, _)| k == path) {
+            return Some(p.clone());
+        }
+        self.mounts.iter().find_map(|(prefix, dir)| path.strip_prefix(prefix.as_str()).map(|rest| dir.join(rest)).filter(|p| p.is_file()))
+    }
+}
+
+impl crate::loader::ModelFiles for DirFiles {
+    type Source = FileSource;
+    fn open(&self, path: &str) -> Result<Option<FileSource>, Error> {
+        Ok(self.resolve(path).map(|p| FileSource::open(&p)).transpose()?)
+    }
+    async fn read_text(&self, path: &str) -> Result<Option<String>, Error> {
+        let Some(p) = self.resolve(path) else { return Ok(None) };
+        let text = std::fs::read_to_string(&p).map_err(|e| ConfigError::Io { file: p.display().to_string(), reason: e.to_string() })?;
+        Ok(Some(text))
+    }
+    fn display(&self, path: &str) -> String {
+        match self.resolve(path) {
+            Some(p) => p.display().to_string(),
+            None => match self.mounts.first() {
+                Some((prefix, dir)) => dir.join(path.strip_prefix(prefix.as_str()).unwrap_or(path)).display().to_string(),
+                None => path.to_string(),
+            },
+        }
+    }
+}
+
+/// What a single-file checkpoint does not carry.
+#[derive(Clone, Debug, Default)]
+pub struct SingleFileOptions {
+    /// Tokenizer folder (`vocab.json`, `merges.txt`, ...).
+    pub tokenizer: Option<PathBuf>,
+    /// A diffusers folder whose `unet/`, `vae/`, `text_encoder/` `config.json` and
+    /// `scheduler/scheduler_config.json` are used instead of inferring them (those it has).
+    pub config: Option<PathBuf>,
+    /// The scheduler's `prediction_type` (v_prediction for SD 2.x 768-v models); epsilon if unset.
+    pub prediction_type: Option<PredictionType>,
+}
+
+/// The files and load options of the model at `path`: a diffusers folder, or an original-LDM
+/// single file whose tokenizer is `single.tokenizer`, else `<config>/tokenizer`, else a
+/// `tokenizer/` folder next to the file, and whose configs come from `single.config` (else they
+/// are inferred from the tensor shapes).
+pub fn model_files(path: &Path, single: &SingleFileOptions, opts: &LoadOptions) -> Result<(DirFiles, LoadOptions), Error> {
+    let mut opts = opts.clone();
+    let stem = |p: &Path| p.file_stem().or_else(|| p.file_name()).and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    if path.is_dir() {
+        opts.name.get_or_insert_with(|| path.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string());
+        return Ok((DirFiles::folder(path), opts));
+    }
+    if !path.is_file() {
+        return Err(ConfigError::Io { file: path.display().to_string(), reason: "no such model folder or checkpoint file".into() }.into());
+    }
+    // the checkpoint first (an embedding or a component file is refused as such), then its tokenizer
+    let header = pollster::block_on(crate::weights::SafetensorsHeader::read(&FileSource::open(path)?))?;
+    crate::weights::LdmCheckpoint::from_header(&header)?;
+    drop(header);
+    let key = path.file_name().and_then(|s| s.to_str()).unwrap_or("checkpoint.safetensors").to_string();
+    let tokenizer = single
+        .tokenizer
+        .clone()
+        .into_iter()
+        .chain(single.config.iter().map(|c| c.join("tokenizer")))
+        .chain(path.parent().map(|p| p.join("tokenizer")))
+        .find(|dir| single.tokenizer.as_ref() == Some(dir) || dir.join("vocab.json").is_file())
+        .ok_or_else(|| ConfigError::NoTokenizer { file: path.display().to_string() })?;
+    let mut mounts = vec![("tokenizer/".to_string(), tokenizer)];
+    if let Some(c) = &single.config {
+        mounts.push((String::new(), c.clone()));
+    }
+    opts.name.get_or_insert_with(|| stem(path));
+    opts.single_file = Some(key.clone());
+    opts.prediction_type = single.prediction_type.or(opts.prediction_type);
+    Ok((DirFiles { files: vec![(key, path.to_path_buf())], mounts }, opts))
+}
+
+/// Loads the model at `path` (folder or single file, see [`model_files`]) through
+/// [`crate::loader::load`].
+pub fn load(path: &Path, single: &SingleFileOptions, opts: &LoadOptions, device: &Device) -> Result<Loaded, Error> {
+    let (files, opts) = model_files(path, single, opts)?;
+    Ok(pollster::block_on(crate::loader::load(&files, &opts, device, &mut |_| true))?.0)
+}
+
+/// The tokenizer of the model at `path` (no weights are read but a single file's header).
+pub fn load_tokenizer(path: &Path, single: &SingleFileOptions) -> Result<ClipTokenizer, Error> {
+    let (files, opts) = model_files(path, single, &LoadOptions::default())?;
+    pollster::block_on(crate::loader::load_tokenizer(&files, &opts))
+}
+
+/// Tokenizer + text encoder of a model folder or single file. `variant` picks
+/// `model.<variant>.safetensors` (e.g. `fp16`).
 pub fn load_prompt_encoder(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
     load_prompt_encoder_with(model_dir, variant, device, WeightStorage::F32)
 }
 
 /// [`load_prompt_encoder`] with the weights kept as `storage` says.
-/// A single-file checkpoint (`.safetensors` with LDM keys) is accepted too, with the tokenizer from
-/// a `tokenizer/` folder next to it (see [`crate::single_file`]; `variant` does not apply).
 pub fn load_prompt_encoder_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<PromptEncoder, Error> {
-    if model_dir.is_file() {
-        return single_file::load_single_file_prompt_encoder(model_dir, &SingleFileOptions::default(), device, storage);
+    let opts = LoadOptions { variant: variant.map(str::to_string), storage, parts: Parts::TextEncoder, ..LoadOptions::default() };
+    match load(model_dir, &SingleFileOptions::default(), &opts, device)? {
+        Loaded::Text(e) => Ok(e),
+        Loaded::Full(sd) => Ok(sd.prompt),
     }
-    if !model_dir.is_dir() {
-        return Err(Error::Input(format!("model folder {} does not exist or is not a folder", model_dir.display())));
-    }
-    let tokenizer = ClipTokenizer::from_dir(&model_dir.join("tokenizer"))?;
-    let te_dir = model_dir.join("text_encoder");
-    let config_path = te_dir.join("config.json");
-    let config = read_text(&config_path)?;
-    let weights = FileSource::open(&find_weights_file(&te_dir, variant)?)?;
-    let model = pollster::block_on(load_text_encoder(&config, &config_path.display().to_string(), &weights, device, storage, &mut |_, _, _| {}))?;
-    Ok(PromptEncoder::new(tokenizer, model))
 }
 
 /// Parses `PATH[=TOKEN]` as given to `--embedding`.
@@ -122,10 +213,7 @@ pub fn read_embedding_file(path: &Path, token: Option<&str>) -> Result<TextualIn
         return Ok(pollster::block_on(read_safetensors_embedding(&source, token, stem))?);
     }
     if source.len() > MAX_WHOLE {
-        return Err(Error::Input(format!(
-            "{name}: {} bytes is far too large for an embedding file (a model checkpoint?); embeddings are kilobytes",
-            source.len()
-        )));
+        return Err(InputError::EmbeddingTooLarge { path: name, size: source.len() }.into());
     }
     let bytes = std::fs::read(path).map_err(|e| crate::error::WeightsError::Io { file: name.clone(), reason: e.to_string() })?;
     Ok(crate::embedding_files::read_embedding(&bytes, &name, token)?)
@@ -139,60 +227,21 @@ pub fn read_f32_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)
     let entry = header.tensors.get(name).ok_or_else(|| {
         let mut names: Vec<&String> = header.tensors.keys().collect();
         names.sort();
-        Error::Input(format!("{}: no tensor `{name}` (found {names:?})", path.display()))
+        InputError::NoTensor { path: path.display().to_string(), name: name.to_string(), found: names.into_iter().cloned().collect() }
     })?;
     let values = pollster::block_on(crate::weights::read_tensor_f32(&source, entry))?;
     Ok((entry.shape.clone(), values))
 }
 
-/// Loads a model folder (as [`load_stable_diffusion_with`]) or a single-file checkpoint with
-/// `single` saying where its tokenizer and configs come from.
-pub fn load_model(path: &Path, variant: Option<&str>, single: &SingleFileOptions, device: &Device, storage: WeightStorage) -> Result<StableDiffusion, Error> {
-    if path.is_file() {
-        return single_file::load_single_file(path, single, device, storage);
-    }
-    load_stable_diffusion_with(path, variant, device, storage)
-}
-
-/// [`load_prompt_encoder_with`] for a folder or, with `single`'s options, a single file.
-pub fn load_model_prompt_encoder(path: &Path, variant: Option<&str>, single: &SingleFileOptions, device: &Device, storage: WeightStorage) -> Result<PromptEncoder, Error> {
-    if path.is_file() {
-        return single_file::load_single_file_prompt_encoder(path, single, device, storage);
-    }
-    load_prompt_encoder_with(path, variant, device, storage)
-}
-
 /// Loads a whole diffusers Stable Diffusion folder (`tokenizer/`, `text_encoder/`, `unet/`,
-/// `vae/`, `scheduler/`) onto `device`. `variant` picks `*.<variant>.safetensors` weights.
+/// `vae/`, `scheduler/`) or single file onto `device`. `variant` picks `*.<variant>.safetensors`.
 pub fn load_stable_diffusion(model_dir: &Path, variant: Option<&str>, device: &Device) -> Result<StableDiffusion, Error> {
     load_stable_diffusion_with(model_dir, variant, device, WeightStorage::F32)
 }
 
 /// [`load_stable_diffusion`] with the weights kept as `storage` says (`F16`: half the memory,
-/// f32 compute). A single-file checkpoint is accepted too, with the tokenizer from a `tokenizer/`
-/// folder next to it and inferred configs ([`load_model`] takes the options).
+/// f32 compute).
 pub fn load_stable_diffusion_with(model_dir: &Path, variant: Option<&str>, device: &Device, storage: WeightStorage) -> Result<StableDiffusion, Error> {
-    if model_dir.is_file() {
-        return single_file::load_single_file(model_dir, &SingleFileOptions::default(), device, storage);
-    }
-    let prompt = load_prompt_encoder_with(model_dir, variant, device, storage)?;
-    let component = |name: &str| -> Result<(String, String, FileSource), Error> {
-        let dir = model_dir.join(name);
-        let config_path = dir.join("config.json");
-        let config = read_text(&config_path)?;
-        let weights = FileSource::open(&find_weights_file(&dir, variant)?)?;
-        Ok((config, config_path.display().to_string(), weights))
-    };
-    let (c, f, w) = component("unet")?;
-    let sample_size = crate::loader::unet_sample_size(&c);
-    let unet = pollster::block_on(crate::loader::load_unet(&c, &f, &w, device, storage, &mut |_, _, _| {}))?;
-    let (c, f, w) = component("vae")?;
-    let vae = pollster::block_on(crate::loader::load_vae(&c, &f, &w, device, storage, &mut |_, _, _| {}))?;
-    let sched_path = model_dir.join("scheduler/scheduler_config.json");
-    let sched_text = read_text(&sched_path)?;
-    let scheduler_config = SchedulerConfig::from_json(&sched_text, &sched_path.display().to_string())?;
-    let default_scheduler = SchedulerKind::from_config(&scheduler_config)?;
-    let name = model_dir.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string();
-    Ok(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size })
+    let opts = LoadOptions { variant: variant.map(str::to_string), storage, parts: Parts::All, ..LoadOptions::default() };
+    load(model_dir, &SingleFileOptions::default(), &opts, device)?.into_full()
 }
-

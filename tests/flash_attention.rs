@@ -9,7 +9,7 @@ mod common;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::*;
 use pseudoword::kernels::flash_attention::{MAX_HEAD_DIM, keys_per_tile, launches, try_flash_attention};
-use pseudoword::loader::load_unet;
+use pseudoword::loader::load_component;
 use pseudoword::models::UNetCapture;
 use pseudoword::models::attention::sdpa_reference;
 use pseudoword::weights::{FileSource, WeightStorage, find_weights_file};
@@ -129,7 +129,7 @@ fn tiny_unet_on_wgpu_with_the_kernel_matches_diffusers() {
     let config_path = dir.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let source = FileSource::open(&find_weights_file(&dir, None).unwrap()).unwrap();
-    let unet = pollster::block_on(load_unet(&config, &config_path.display().to_string(), &source, &device, WeightStorage::F32, &mut |_, _, _| {})).unwrap();
+    let unet = pollster::block_on(load_component::<pseudoword::models::UNet2DConditionModel, _>(&config, &config_path.display().to_string(), &source, &device, WeightStorage::F32, &mut |_, _, _| true)).unwrap();
     let g = read_golden(&tiny_sd1().join("goldens/unet.safetensors"));
     let t = |name: &str| {
         let gd = g.get(name);

@@ -1,4 +1,4 @@
-//! Per-token attention heatmaps (`pseudoword::suppress::heatmaps`, `generate --attention-maps`)
+//! Per-token attention heatmaps (`pseudoword::attention_maps::heatmaps`, `generate --attention-maps`)
 //! on the tiny SD1 model: the accumulator reproduces SuppressEOT's golden cross maps with the
 //! reference's head choice, the all-heads maps are probabilities, the step average equals an
 //! independent recomputation, capturing changes nothing, and the CLI writes one overlay per token.

@@ -16,7 +16,7 @@ use pseudoword::schedulers::SchedulerKind;
 use pseudoword::suppress::{
     InversionParams, SuppressParams, SuppressTxt2Img, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, invert_photo, null_text_loss_and_grad, photo_tensor,
 };
-use pseudoword::train::photos::prepare_photo;
+use pseudoword::photos::prepare_photo;
 
 const PROMPT: &str = "a cat sitting on a sofa";
 

@@ -14,7 +14,26 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use pseudoword::error::{ConfigError, Error, WeightsError};
 use pseudoword::models::{AutoencoderKL, AutoencoderKLConfig, CLIPTextConfig, CLIPTextModel, UNet2DConditionConfig, UNet2DConditionModel, UNetCapture};
-use pseudoword::single_file::{SingleFileOptions, load_single_file, open_checkpoint};
+use pseudoword::loader::{LoadOptions, Parts};
+use pseudoword::native::SingleFileOptions;
+
+/// The whole pipeline of a single file, through the one loader.
+fn load_single_file(path: &Path, opts: &SingleFileOptions, device: &Device, storage: WeightStorage) -> Result<pseudoword::pipeline::StableDiffusion, Error> {
+    let load = LoadOptions { storage, parts: Parts::All, ..LoadOptions::default() };
+    pseudoword::native::load(path, opts, &load, device)?.into_full()
+}
+
+/// The checkpoint's source and converted header.
+struct Opened {
+    source: FileSource,
+    checkpoint: LdmCheckpoint,
+}
+
+fn open_checkpoint(path: &Path) -> Result<Opened, Error> {
+    let source = FileSource::open(path)?;
+    let header = pollster::block_on(SafetensorsHeader::read(&source))?;
+    Ok(Opened { checkpoint: LdmCheckpoint::from_header(&header)?, source })
+}
 use pseudoword::weights::ldm::SdVersion;
 use pseudoword::weights::{FileSource, LdmCheckpoint, ParamSpec, SafetensorsHeader, WeightStorage, find_weights_file, load_params};
 use safetensors::{Dtype, SafeTensors};
@@ -51,7 +70,7 @@ fn assemble_ldm(dir: &Path, variant: Option<&str>) -> PathBuf {
 
 /// Every parameter in `specs` loaded through `header` (pointing into `source`), flattened.
 fn params(source: &FileSource, header: &SafetensorsHeader, model: &str, specs: &[ParamSpec]) -> HashMap<String, Vec<f32>> {
-    let mut map = pollster::block_on(load_params(source, header, model, specs, &Device::flex(), WeightStorage::F32, &mut |_, _, _| {})).unwrap();
+    let mut map = pollster::block_on(load_params(source, header, model, specs, &Device::flex(), WeightStorage::F32, &mut |_, _, _| true)).unwrap();
     let f = |t: Tensor<1>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     specs
         .iter()

@@ -8,7 +8,8 @@ use std::cell::RefCell;
 use burn::tensor::Device;
 use common::*;
 use pseudoword::error::WeightsError;
-use pseudoword::loader::load_text_encoder;
+use pseudoword::loader::load_component;
+use pseudoword::models::CLIPTextModel;
 use pseudoword::weights::{ByteSource, FileSource, SafetensorsHeader};
 
 struct Recording {
@@ -37,9 +38,10 @@ fn weights_are_read_tensor_by_tensor_in_file_order() {
     source.reads.borrow_mut().clear();
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let mut seen = 0;
-    pollster::block_on(load_text_encoder(&config, "config.json", &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |done, total, _| {
+    pollster::block_on(load_component::<CLIPTextModel, _>(&config, "config.json", &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |done, total, _| {
         seen = done;
         assert!(done <= total);
+        true
     }))
     .unwrap();
     let reads = source.reads.borrow();

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use pseudoword::loader::load_unet;
+use pseudoword::loader::load_component;
 use pseudoword::models::attention::scaled_dot_product_attention;
 use pseudoword::models::{UNet2DConditionConfig, UNet2DConditionModel, UNetCapture};
 use pseudoword::weights::{FileSource, find_weights_file};
@@ -29,7 +29,7 @@ fn load_unet_dir(dir: &Path, variant: Option<&str>) -> UNet2DConditionModel {
     let config_path = dir.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let source = FileSource::open(&find_weights_file(dir, variant).unwrap()).unwrap();
-    pollster::block_on(load_unet(&config, &config_path.display().to_string(), &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |_, _, _| {})).unwrap()
+    pollster::block_on(load_component::<pseudoword::models::UNet2DConditionModel, _>(&config, &config_path.display().to_string(), &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |_, _, _| true)).unwrap()
 }
 
 fn golden() -> GoldenFile {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use pseudoword::loader::load_vae;
+use pseudoword::loader::load_component;
 use pseudoword::models::{AttnCapture, AutoencoderKL, VaeCapture};
 use pseudoword::weights::{FileSource, find_weights_file};
 
@@ -25,7 +25,7 @@ fn load_vae_dir(dir: &Path) -> AutoencoderKL {
     let config_path = dir.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let source = FileSource::open(&find_weights_file(dir, None).unwrap()).unwrap();
-    pollster::block_on(load_vae(&config, &config_path.display().to_string(), &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |_, _, _| {})).unwrap()
+    pollster::block_on(load_component::<pseudoword::models::AutoencoderKL, _>(&config, &config_path.display().to_string(), &source, &Device::flex(), pseudoword::weights::WeightStorage::F32, &mut |_, _, _| true)).unwrap()
 }
 
 fn golden() -> GoldenFile {

@@ -1,17 +1,22 @@
 // Main thread: UI only. The wasm module and the model live in worker.js (see the
 // protocol at the top of that file). Tests read window.__pseudoword and body[data-state].
 
-import { initTraining, trainingModelLoaded } from "./train.js";
+import { initTraining, trainingModelLoaded, trainingDefaults } from "./train.js";
 import { initLibrary, libraryModelLoaded } from "./library.js";
 import { normalizeModelUrl, isSingleFileUrl } from "./models.js";
 import { cspBlockMessage, pagePolicy } from "./csp.js";
 import { initModelManager, refreshStorage, updateModelControls, presetFor } from "./models-ui.js";
 import { noteFocus, restoreFocus } from "./focus.js";
+import { applyDefaults, settingsDefaults } from "./settings.js";
 
 const $ = (id) => document.getElementById(id);
 
 const api = {
   gpu: null, // adapter report (see probeGpu); null until the check finishes
+  // settings_defaults() of the wasm module ({generate, suppress, edit, train}, see settings.js),
+  // null until the worker posted them; defaultsError: why they are missing (app not built...)
+  defaults: null,
+  defaultsError: null,
   info: null, // session.info() of the loaded model, or null
   last: null, // last encode result, `data` as a plain array
   error: null, // last error message, or null
@@ -302,6 +307,10 @@ function getWorker() {
   worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "pseudoword" });
   worker.onmessage = (event) => {
     const msg = event.data || {};
+    if (msg.status === "ready") {
+      onWorkerReady(msg);
+      return;
+    }
     const p = pending.get(msg.id);
     if (!p) return;
     if (msg.status === "progress") {
@@ -321,6 +330,18 @@ function getWorker() {
   };
   worker.onmessageerror = () => failAll("The worker sent a message that could not be read.");
   return worker;
+}
+
+// The worker's first message (no id): the library's default settings fill the forms (once).
+function onWorkerReady(msg) {
+  if (!msg.defaults) {
+    if (!api.defaults) api.defaultsError = msg.error || "no default settings";
+    return;
+  }
+  if (!applyDefaults(msg.defaults)) return;
+  trainingDefaults(msg.defaults.train);
+  api.defaults = msg.defaults;
+  api.defaultsError = null;
 }
 
 function request(command, payload, onProgress, transfer = []) {
@@ -906,7 +927,8 @@ async function onEdit(event) {
     if (!file) throw new Error("Choose a photo to edit first (JPEG, PNG or WebP).");
     params = readGenerationForm();
     if (!params.suppress) throw new Error('Name what to remove from the photo under "Words of the prompt to remove" (e.g. glasses); the prompt should describe the photo and contain those words.');
-    if (!(params.guidance > 1)) throw new Error("Photo edits need guidance above 1 (null-text inversion; 7.5 is usual).");
+    const usual = settingsDefaults()?.edit?.guidance;
+    if (!(params.guidance > 1)) throw new Error(`Photo edits need guidance above 1 (null-text inversion${usual > 1 ? `; ${usual} is usual` : ""}).`);
     const iters = Number($("edit-null-iters").value);
     if (!Number.isInteger(iters) || iters < 0 || iters > 50) throw new Error(`Null-text iterations must be a whole number from 0 to 50 (got ${JSON.stringify($("edit-null-iters").value)}).`);
     params.scheduler = "ddim";
@@ -1027,4 +1049,5 @@ $("gen-reuse-seed").addEventListener("click", () => {
 
 setState("idle");
 resetGeneration();
+getWorker(); // starts the wasm module: its default settings fill the forms ("ready")
 probeGpu().then(renderGpu);

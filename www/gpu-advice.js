@@ -22,9 +22,11 @@ export async function largestTensor(blob) {
 }
 
 // Throws a message with advice when one tensor (in GPU memory: 4 bytes per weight in f32, 2 in
-// f16) exceeds the adapter's maxStorageBufferBindingSize or maxBufferSize. `limits` overrides
-// the adapter's (test hook); without WebGPU in the worker nothing is checked.
-export async function checkLimits(files, storage, limits) {
+// f16) exceeds the adapter's maxStorageBufferBindingSize or maxBufferSize. `files`: {relative
+// path: Blob}; every weights file is looked at (*.safetensors, and `singleFile`, the key of a
+// single-file checkpoint, whatever its name). `limits` overrides the adapter's (test hook);
+// without WebGPU in the worker nothing is checked.
+export async function checkLimits(files, storage, limits, singleFile = null) {
   if (!limits) {
     const adapter = await globalThis.navigator?.gpu?.requestAdapter?.();
     if (!adapter) return null;
@@ -32,7 +34,7 @@ export async function checkLimits(files, storage, limits) {
   }
   const per = storage === "f16" ? 2 : 4;
   for (const [path, blob] of Object.entries(files)) {
-    if (!(path.endsWith(".safetensors") || path === "__single_file") || !(blob instanceof Blob)) continue;
+    if (!(/\.(safetensors|ckpt)$/i.test(path) || path === singleFile) || !(blob instanceof Blob)) continue;
     const t = await largestTensor(blob).catch(() => null);
     if (!t) continue;
     const bytes = t.elements * per;

@@ -2,7 +2,8 @@
 // folder / file pickers, browser-storage usage (estimate, persist) and the stored-model list
 // with Load / Delete. State for tests: api.storage {opfs, usage, quota, persisted, models, seq}.
 
-import { PRESETS, presetUrl, findPreset, normalizeModelUrl, mapPickedFiles, listCached, opfsAvailable } from "./models.js";
+import { PRESETS, presetUrl, findPreset, normalizeModelUrl, mapPickedFiles } from "./models.js";
+import { listCached, opfsAvailable } from "./models-store.js";
 import { noteFocus, restoreFocus } from "./focus.js";
 
 const $ = (id) => document.getElementById(id);

@@ -1,5 +1,6 @@
-// Model manager: presets, URL normalisation, picked-file mapping (pure functions, also
-// importable from node for tests) and the browser-storage cache used by worker.js:
+// Model manager: presets, URL normalisation and picked-file mapping (pure functions, also
+// importable from node for tests). The browser-storage cache used by worker.js lives in
+// models-store.js (which imports from here, never the other way round):
 // one OPFS folder per (model URL, variant) under models/, with a manifest.json
 //   {version, key, url, name, variant, created, last_used, complete, bytes,
 //    files: {path: {name, size, complete} | {missing: true}}}
@@ -8,8 +9,9 @@
 // Without OPFS (or with caching off) files are kept as in-memory Blobs.
 // Single-file checkpoints (one `.safetensors` with the original LDM key names, as A1111 and
 // ComfyUI use): a URL ending in .safetensors is cached the same way with variant "single" and
-// the one file; picked, it is recognised by its tensor names. Either way it reaches the worker
-// as files[SINGLE_FILE] (converted to diffusers components while loading, src/web/single_file.rs).
+// the one file; picked, it is recognised by its tensor names. Either way it reaches the wasm
+// Session.load under its own file name, a top-level key of `files` (singleFileKey), named by
+// options.single_file (converted to diffusers components while loading, src/web/single_file.rs).
 
 export const HF = "https://huggingface.co/";
 const GB = 1e9;
@@ -32,8 +34,12 @@ const REQUIRED = ["tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/
 const OPTIONAL = ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "model_index.json",
   "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json"];
 
-// The files[] key of a single-file checkpoint's Blob.
-export const SINGLE_FILE = "__single_file";
+// The key of a single-file checkpoint in {path: Blob}: its file name, the only top-level
+// .safetensors key (a diffusers folder has none: mapPickedFiles drops a folder's top-level ones).
+export function singleFileKey(files) {
+  return Object.keys(files).find((p) => !p.includes("/") && /\.safetensors$/i.test(p)) ?? null;
+}
+
 // Where a single-file checkpoint's tokenizer comes from when none is picked with it: the CLIP
 // BPE files of the demo model that ships with the app (SD 1.x and 2.x use the same ones; the
 // checkpoint decides the pad token).
@@ -122,25 +128,32 @@ export function cacheKey(url, variant) {
   return `${slug}-${variant}-${h.toString(16).padStart(8, "0")}`;
 }
 
+const SINGLE = Symbol("single-file checkpoint"); // what sniffSafetensors says of the LDM layout
+
 // Picked files -> {relative path: File}. A folder pick (webkitRelativePath "top/unet/x")
-// drops the top folder; loose files are placed by name, and config.json / *.safetensors
-// by their content (class name / tensor names).
+// drops the top folder (and top-level .safetensors files, e.g. the checkpoints a Hugging Face
+// repo keeps next to its diffusers folders); loose files are placed by name, and config.json /
+// *.safetensors by their content (class name / tensor names). A single-file checkpoint keeps
+// its file name as key (see singleFileKey).
 export async function mapPickedFiles(files) {
   const out = {};
+  let single = null;
   const BY_NAME = { "vocab.json": "tokenizer/", "merges.txt": "tokenizer/", "tokenizer_config.json": "tokenizer/",
     "special_tokens_map.json": "tokenizer/", "scheduler_config.json": "scheduler/", "model_index.json": "" };
   for (const f of files) {
     const rel = f.webkitRelativePath || "";
     if (rel.includes("/")) {
-      out[rel.split("/").slice(1).join("/")] = f;
+      const p = rel.split("/").slice(1).join("/");
+      if (p.includes("/") || !/\.safetensors$/i.test(p)) out[p] = f;
       continue;
     }
     let dir = BY_NAME[f.name];
     if (dir === undefined && f.name === "config.json") dir = await sniffConfig(f);
     if (dir === undefined && f.name.endsWith(".safetensors")) dir = await sniffSafetensors(f);
-    if (dir === SINGLE_FILE) {
-      if (out[SINGLE_FILE]) throw new Error(`Pick one single-file checkpoint at a time (got ${out[SINGLE_FILE].name} and ${f.name}).`);
-      out[SINGLE_FILE] = f;
+    if (dir === SINGLE) {
+      if (single) throw new Error(`Pick one single-file checkpoint at a time (got ${single.name} and ${f.name}).`);
+      single = f;
+      out[f.name] = f;
     } else if (dir !== undefined && dir !== null) out[dir + f.name] = f;
   }
   return out;
@@ -163,7 +176,7 @@ async function sniffSafetensors(f) {
   try {
     const n = Number(new DataView(await f.slice(0, 8).arrayBuffer()).getBigUint64(0, true));
     const keys = Object.keys(JSON.parse(await f.slice(8, 8 + Math.min(n, 1 << 24)).text()));
-    if (keys.some((k) => k.startsWith("model.diffusion_model."))) return SINGLE_FILE; // original LDM layout
+    if (keys.some((k) => k.startsWith("model.diffusion_model."))) return SINGLE; // original LDM layout
     if (keys.some((k) => k.startsWith("text_model."))) return "text_encoder/";
     if (keys.some((k) => k.startsWith("time_embedding.") || k.startsWith("down_blocks."))) return "unet/";
     if (keys.some((k) => k.startsWith("encoder.") || k.startsWith("decoder.") || k.startsWith("quant_conv"))) return "vae/";
@@ -177,9 +190,10 @@ async function sniffSafetensors(f) {
 // With a single-file checkpoint: it, plus any tokenizer files and configs picked with it.
 export function selectFiles(all, variant) {
   const files = {};
-  if (all[SINGLE_FILE]) {
+  const single = singleFileKey(all);
+  if (single) {
     for (const [p, f] of Object.entries(all)) {
-      if (p === SINGLE_FILE || p.startsWith("tokenizer/") || /^(text_encoder|unet|vae)\/config\.json$|^scheduler\/scheduler_config\.json$/.test(p)) files[p] = f;
+      if (p === single || p.startsWith("tokenizer/") || /^(text_encoder|unet|vae)\/config\.json$|^scheduler\/scheduler_config\.json$/.test(p)) files[p] = f;
     }
     return { files, missing: [] };
   }
@@ -205,5 +219,3 @@ export function fmtBytes(n) {
   }
   return `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
 }
-
-export { opfsAvailable, listCached, deleteCached, fetchModel } from "./models-store.js";

@@ -8,8 +8,10 @@ import { noteFocus, restoreFocus } from "./focus.js";
 
 const $ = (id) => document.getElementById(id);
 
+// "quality" is the library's own recipe: its steps come with the default settings
+// (trainingDefaults); "fast" is this page's shortcut.
 const PRESETS = {
-  quality: { steps: 3000, scale: 1, preview: 250, help: "Native resolution, 3000 steps: the usual textual-inversion recipe; slowest." },
+  quality: { steps: null, scale: 1, preview: 250, help: "Native resolution, the library's default steps: the usual textual-inversion recipe; slowest." },
   fast: { steps: 500, scale: 0.5, preview: 100, help: "Half resolution, 500 steps: minutes instead of hours; less detail and likeness." },
   custom: { help: "Your own steps, learning rate and resolution." },
 };
@@ -131,21 +133,23 @@ function drawLoss() {
   ctx.fillText(`loss ${min.toFixed(4)}–${max.toFixed(4)}`, 6, 12);
 }
 
+const NUMBERS = { steps: "train-steps", lr: "train-lr", resolution: "train-resolution", vectors: "train-vectors", seed: "train-seed", preview_every: "train-preview-every" };
+
+// The form's settings. An empty number field and everything without a field (warmup, weight
+// decay, batch, checkpoint_every...) are left out: the library's defaults (resolution: the
+// model's size; preview_every: none). How often the browser autosaves is worker-train.js's
+// (autosaveInterval).
 function readParams() {
-  const num = (id) => Number($(id).value);
-  return {
+  const params = {
     token: $("train-token").value.trim(),
     init_word: $("train-init").value.trim(),
     templates: $("train-templates").value,
-    steps: num("train-steps"),
-    lr: num("train-lr"),
-    resolution: num("train-resolution"),
-    vectors: num("train-vectors"),
-    seed: num("train-seed"),
-    preview_every: num("train-preview-every") || 0,
-    // autosave (and last-good checkpoint) every 5% of the run, at least every 10 steps
-    checkpoint_every: Math.max(1, Math.min(10, Math.ceil(num("train-steps") / 20))),
   };
+  for (const [key, id] of Object.entries(NUMBERS)) {
+    const text = $(id).value.trim();
+    if (text !== "") params[key] = Number(text);
+  }
+  return params;
 }
 
 function onTrainProgress(msg) {
@@ -210,12 +214,12 @@ async function startTraining(resume, recovered = 0) {
     const hook = api.testHooks && api.testHooks.deviceLostAtStep;
     if (hook != null && !recovered) payload.simulate_device_lost_at = Number(hook);
     const r = (await request("train", payload, onTrainProgress)).result;
-    trained = r.step > 0;
+    trained = r.state === "done"; // a cancelled run is dropped (its GPU memory freed)
     setTraining({ state: r.state, step: r.step, steps: r.steps, tokens: r.tokens, library: r.library || null });
     const kept = r.library ? " It is kept in the embedding library." : r.library_error ? ` ${r.library_error}` : "";
     const again = recovered ? ` (resumed from the autosave after a lost GPU device)` : "";
     $("train-status").textContent =
-      r.state === "done" ? `Done${again}: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.${kept}` : `Cancelled at step ${r.step}.`;
+      r.state === "done" ? `Done${again}: ${r.step} steps in ${fmtMs(r.elapsed_ms)}. Download the embedding or use ${r.tokens[0]} in prompts.${kept}` : `Cancelled at step ${r.step}. Resume continues from the autosave.`;
     if (r.state === "done") libraryChanged();
   } catch (err) {
     const message = err.message || String(err);
@@ -349,6 +353,17 @@ export function initTraining(options) {
       showError($("train-error"), err.message || String(err));
     }
   });
+}
+
+/// Called by app.js once the library's default settings arrived (settings.js filled the inputs):
+/// the "quality" preset is the default number of steps.
+export function trainingDefaults(train) {
+  const steps = train && train.steps;
+  if (!steps) return;
+  PRESETS.quality.steps = steps;
+  PRESETS.quality.help = `Native resolution, ${steps} steps: the usual textual-inversion recipe; slowest.`;
+  $("train-preset").querySelector('option[value="quality"]').textContent = `Quality: native size, ${steps} steps`;
+  if ($("train-preset").value === "quality") $("train-preset-help").textContent = PRESETS.quality.help;
 }
 
 /// Called by app.js after a model loaded.

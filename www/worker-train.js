@@ -5,12 +5,15 @@
 //   main -> worker
 //     {id, command: "check_photo", name, bytes: Uint8Array}
 //     {id, command: "train", params: {token, init_word, vectors, templates, steps, lr, warmup,
-//          resolution, flip_p, batch, grad_accum, seed, checkpoint_every, preview_every},
+//          weight_decay, resolution, flip_p, batch, grad_accum, seed, checkpoint_every, preview_every}
+//          /* absent: settings_defaults().train; resolution: the model's size */,
 //          photos: [{name, bytes}],
-//          autosave_every /* steps, default 10 */, resume /* bool: continue the autosave */,
+//          autosave_every /* steps, default autosaveInterval(steps) */, resume /* bool: continue the autosave */,
 //          preview_every /* steps, 0 = none */, preview_steps /* denoising steps, default 10 */,
 //          simulate_device_lost_at /* test hook: fail as a lost GPU device after that step */}
-//     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once
+//     {id, command: "train_control", action: "pause" | "resume" | "cancel"}  // answered at once;
+//          cancel: the run stops before its next step and is dropped (session.cancel_training(),
+//          its GPU memory freed); the autosave stays
 //     {id, command: "export_embedding", format: "diffusers" | "a1111" | "a1111-pt" | "a1111-png"}
 //     {id, command: "finish_training"}    // the token becomes usable in prompts
 //     {id, command: "autosave_info"}      // {exists, step, steps, params, photos: [names], saved_at}
@@ -32,6 +35,15 @@ const dbOp = idbStore("pseudoword", "autosave");
 const readAutosave = () => dbOp("readonly", (s) => s.get("current"));
 const writeAutosave = (value) => dbOp("readwrite", (s) => s.put(value, "current"));
 const clearAutosave = () => dbOp("readwrite", (s) => s.delete("current"));
+
+// Steps between two autosaves, a browser-only rule: the autosave in IndexedDB is what survives a
+// reload, a closed tab or a lost GPU device, so at most 10 steps are lost (every step of runs up
+// to 20 steps, so a short run can be cancelled and resumed from where it stopped). It is not the
+// library's checkpoint_every (the in-memory "last good" state the divergence guard rolls back
+// to), which keeps its default (settings_defaults().train.checkpoint_every).
+function autosaveInterval(steps) {
+  return Math.max(1, Math.min(10, Math.ceil(steps / 20)));
+}
 
 export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library }) {
   let job = null; // {paused, cancel, wake}
@@ -56,7 +68,6 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
       checkpoint = saved.checkpoint;
     }
     if (!photos.length) throw new Error("No training photos: add 3-5 photos of the subject.");
-    const autosaveEvery = Math.max(1, Number(msg.autosave_every ?? saved_every(params)));
     postMessage({ id, status: "progress", stage: "train_state", state: "preparing" });
     const t0 = performance.now();
     const started = plain(
@@ -69,6 +80,16 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
     );
     const steps = Number(started.steps);
     let step = Number(started.step);
+    const autosaveEvery = Math.max(1, Number(msg.autosave_every ?? autosaveInterval(steps)));
+    // a run that will not finish (cancelled, failed) is dropped with its GPU memory; the
+    // autosave stays for a resume
+    const drop = () => {
+      try {
+        s.cancel_training();
+      } catch {
+        /* already gone */
+      }
+    };
     const me = { paused: false, cancel: false, wake: null };
     job = me;
     let autosaved = msg.resume ? step : null;
@@ -97,6 +118,7 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
           postMessage({ id, status: "progress", stage: "train_state", state: "running" });
         }
         if (me.cancel) {
+          drop();
           postMessage({ id, status: "result", command: "train", result: { state: "cancelled", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0 } });
           return;
         }
@@ -132,16 +154,13 @@ export function makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEv
       }
       postMessage({ id, status: "result", command: "train", result: { state: "done", step, steps, tokens: started.tokens, elapsed_ms: performance.now() - t0, ...kept } });
     } catch (err) {
+      drop();
       // the autosave (last completed save) stays for a reload; say where it is
       const where = autosaved != null ? ` The autosave at step ${autosaved} is kept: reload the page and choose "Resume".` : "";
       throw new Error(`${err && err.message ? err.message : err}${where}`);
     } finally {
       if (job === me) job = null;
     }
-  }
-
-  function saved_every(params) {
-    return Math.max(1, Number(params.checkpoint_every ?? 10));
   }
 
   // Answered at once (not queued behind the running "train").

@@ -4,8 +4,10 @@
 //   main -> worker
 //     {id, command: "load", baseUrl, variant: "fp32" | "fp16", storage: "f32" | "f16", cache?: bool,
 //          simulate_limits?: {maxStorageBufferBindingSize, maxBufferSize} /* test hook: replaces the adapter's */}
-//          or {id, command: "load", files: {path: File}, name, variant, storage}  (picked local files)
-//          (models.js: presets, OPFS cache with resumable downloads; cache defaults to true)
+//          or {id, command: "load", files: {path: File}, name, variant, storage}  (picked local files:
+//          models.js mapPickedFiles; a single-file checkpoint under its own file name)
+//          both with config_url?, prediction_type? (single-file checkpoints)
+//          (models.js: presets; models-store.js: OPFS cache with resumable downloads; cache defaults to true)
 //     {id, command: "models_delete", key}   // removes a cached model (folder models/<key> in OPFS)
 //     {id, command: "encode", prompt}
 //     {id, command: "tokenize", prompt}
@@ -18,6 +20,10 @@
 //          per inversion step, then as generate (original_* = the photo's reconstruction, edit: true)
 //     {id, command: "cancel"}          // handled at once, never queued (see below); also stops a load
 //   worker -> main
+//     {status: "ready", defaults: {generate, suppress, edit, train}}  // no id: posted once, as soon
+//          as the wasm module is up (at start): settings_defaults(), the library's default settings
+//          of each job (null = the model's own / random); the page fills its inputs from them.
+//          {status: "ready", defaults: null, error} when the module cannot be loaded (Load says why).
 //     {id, status: "progress", stage: "download", loaded, total /* bytes; null if unknown */, file,
 //          cached_bytes, resumed_bytes /* already on disk */, fetched_bytes, speed /* B/s */, eta_ms}
 //     {id, status: "progress", stage: "weights", component: "text_encoder" | "unet" | "vae",
@@ -51,13 +57,25 @@ import { makeTrainHandlers } from "./worker-train.js";
 import { makeLibraryHandlers } from "./worker-library.js";
 import { checkLimits, withAdvice } from "./gpu-advice.js";
 
-import { fetchModel, deleteCached, selectFiles, normalizeModelUrl, modelName, isSingleFileUrl, SINGLE_FILE, SINGLE_FILE_CONFIGS, BUNDLED_TOKENIZER, TOKENIZER_FILES } from "./models.js";
+import { selectFiles, normalizeModelUrl, modelName, isSingleFileUrl, singleFileKey, SINGLE_FILE_CONFIGS, BUNDLED_TOKENIZER, TOKENIZER_FILES } from "./models.js";
+import { fetchModel, deleteCached } from "./models-store.js";
 
-let wasm = null; // the imported ./pkg/pseudoword.js module, initialised
+let wasmReady = null; // promise of the imported ./pkg/pseudoword.js module, initialised
 let session = null;
 
-async function ensureWasm() {
-  if (wasm) return wasm;
+// One import + init per worker, shared by every caller (the start-up "ready" and the first
+// command may ask at once); a failure is not kept, so the next command tries again.
+function ensureWasm() {
+  wasmReady ??= initWasm().catch((err) => {
+    wasmReady = null;
+    throw err;
+  });
+  return wasmReady;
+}
+
+let announced = false;
+
+async function initWasm() {
   let mod;
   try {
     mod = await import("./pkg/pseudoword.js");
@@ -72,8 +90,19 @@ async function ensureWasm() {
   } catch (err) {
     throw new Error("Could not start the WebAssembly module ./pkg/pseudoword_bg.wasm: " + errorMessage(err));
   }
-  wasm = mod;
-  return wasm;
+  if (!announced) {
+    announced = true;
+    // the library's default settings, once: the page's inputs start from them
+    let defaults = null;
+    let error;
+    try {
+      defaults = plain(mod.settings_defaults());
+    } catch (err) {
+      error = "settings_defaults() failed: " + errorMessage(err);
+    }
+    postMessage({ status: "ready", defaults, error });
+  }
+  return mod;
 }
 
 function errorMessage(err) {
@@ -117,9 +146,10 @@ function throttle(fn, ms) {
   };
 }
 
-// Model files: picked local files (msg.files), else the cache / a (resumable) download. A
-// single-file checkpoint (picked, or a URL ending in .safetensors) comes back as
-// files[SINGLE_FILE], with the app's bundled tokenizer when none was picked with it.
+// Model files as {relative path: Blob}: picked local files (msg.files), else the cache / a
+// (resumable) download. A single-file checkpoint (picked, or a URL ending in .safetensors) is
+// the Blob under its own file name, r.single_file (see singleFileKey), with the app's bundled
+// tokenizer when none was picked with it.
 async function modelFiles(msg, variant, signal) {
   const id = msg.id;
   let r;
@@ -129,8 +159,8 @@ async function modelFiles(msg, variant, signal) {
       throw new Error(`The picked files lack ${missing.join(", ")}: pick the model's folder (diffusers layout), all of its files, or one single-file checkpoint (.safetensors).`);
     }
     const bytes = Object.fromEntries(Object.entries(files).map(([p, f]) => [p, f.size]));
-    const name = files[SINGLE_FILE] ? files[SINGLE_FILE].name : msg.name || "local";
-    r = { files, bytes, source: "local", key: null, cached_files: 0, resumed_files: [], ms: 0, note: "", name };
+    const single = singleFileKey(files);
+    r = { files, bytes, source: "local", key: null, cached_files: 0, resumed_files: [], ms: 0, note: "", name: single ?? (msg.name || "local"), single_file: single };
   } else {
     const url = normalizeModelUrl(msg.baseUrl, self.location.href);
     const single = isSingleFileUrl(url);
@@ -141,16 +171,18 @@ async function modelFiles(msg, variant, signal) {
       signal,
       onProgress: (p) => postMessage({ id, status: "progress", stage: "download", ...p }),
     });
-    r = { ...got, url, name: modelName(url).split("/").pop() || "model" };
+    r = { ...got, url, name: modelName(url).split("/").pop() || "model", single_file: null };
     if (single) {
+      // cached under its URL-encoded name; handed over under the file name
       const [[path, blob]] = Object.entries(got.files);
-      r.files = { [SINGLE_FILE]: blob };
-      r.bytes = { [decodeURIComponent(path)]: blob.size };
+      const name = decodeURIComponent(path);
+      r.files = { [name]: blob };
+      r.bytes = { [name]: blob.size };
+      r.name = name;
+      r.single_file = name;
     }
   }
-  if (r.files[SINGLE_FILE]) {
-    r.single_file = true;
-    r.files.__single_file_name = r.name;
+  if (r.single_file) {
     // diffusers' from_single_file(config=...): configs (and tokenizer) of a matching diffusers folder
     if (msg.config_url) {
       const c = await folderConfigs(msg.config_url, r.files);
@@ -237,15 +269,15 @@ async function bundledTokenizer() {
   return out;
 }
 
-let loading = null; // {id, ctl: AbortController, flag: {cancelled}} of the load in progress
+let loading = null; // {id, ctl: AbortController, cancelled} of the load in progress
 
 async function load(msg) {
-  const job = { id: msg.id, ctl: new AbortController(), flag: { cancelled: false } };
+  const job = { id: msg.id, ctl: new AbortController(), cancelled: false };
   loading = job;
   try {
     await loadModel(msg, job);
   } catch (err) {
-    if (!job.flag.cancelled) throw err;
+    if (!job.cancelled) throw err;
     if (session && loading === job) {
       session.free();
       session = null;
@@ -286,29 +318,34 @@ async function loadModel(msg, job) {
       key: p.key,
     });
   }, 50);
+  const options = {
+    // the model's name for image metadata (A1111 "Model:")
+    name: m.single_file ? m.name.replace(/\.safetensors$/i, "") : m.name,
+    // weights in GPU memory: f16 halves it (needs the adapter's shader-f16); compute is f32
+    storage: msg.storage === "f16" ? "f16" : "f32",
+    variant: m.single_file || variant !== "fp16" ? null : "fp16", // fp32: the plain files (else the fp16 ones when only those were picked)
+    single_file: m.single_file, // the key in `files` of the checkpoint, or null (a diffusers folder)
+    // single files: v-prediction cannot be seen in the weights (SD 2.x 768-v models need it)
+    prediction_type: m.single_file && msg.prediction_type ? String(msg.prediction_type) : null,
+  };
   // a tensor larger than the adapter allows would fail deep inside wgpu: say which limit instead
-  await checkLimits(files, msg.storage === "f16" ? "f16" : "f32", msg.simulate_limits || null);
+  await checkLimits(files, options.storage, msg.simulate_limits || null, options.single_file);
   let component = null;
   let s;
-  // The model's name for image metadata (A1111 "Model:").
-  files.__name = m.single_file ? m.name.replace(/\.safetensors$/i, "") : m.name;
-  // Weights in GPU memory: f16 halves it (needs the adapter's shader-f16); compute is f32.
-  files.__storage = msg.storage === "f16" ? "f16" : "f32";
-  // single files: v-prediction cannot be seen in the weights (SD 2.x 768-v models need it)
-  if (m.single_file && msg.prediction_type) files.__prediction_type = String(msg.prediction_type);
-  files.__cancel = job.flag; // checked before each tensor read (Cancel stops the upload too)
   try {
-    s = await mod.Session.load(files, (p) => {
+    // returning false stops the upload before the next tensor (Cancel); load then rejects
+    s = await mod.Session.load(files, options, (p) => {
       p = plain(p) || {};
       const first = p.stage !== component; // always show a component's first and last tensor
       component = p.stage;
       report(first || p.loaded === p.total, p);
+      return !job.cancelled;
     });
   } catch (err) {
     throw new Error("Loading the model failed: " + errorMessage(err));
   }
   session = s;
-  if (job.flag.cancelled) throw new Error("cancelled");
+  if (job.cancelled) throw new Error("cancelled");
   postMessage({
     id,
     status: "loaded",
@@ -527,7 +564,7 @@ function cancel({ id }) {
   // to the GPU before the next tensor
   const wasLoading = !!loading;
   if (loading) {
-    loading.flag.cancelled = true;
+    loading.cancelled = true;
     loading.ctl.abort(new DOMException("Loading was cancelled", "AbortError"));
   }
   const queued = queuedGenerates.size;
@@ -540,7 +577,8 @@ const LIBRARY = makeLibraryHandlers({ getSession: () => session, ensureWasm, pla
 const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library: LIBRARY });
 const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued, ...LIBRARY.queued };
 
-let queue = Promise.resolve();
+// At start: the wasm module, so the page gets its default settings ("ready") before any reply.
+let queue = ensureWasm().catch((err) => postMessage({ status: "ready", defaults: null, error: errorMessage(err) }));
 self.onmessage = (event) => {
   const msg = event.data || {};
   if (msg.command === "cancel") {

@@ -150,7 +150,7 @@ pub fn bench_generate(
     storage: WeightStorage,
 ) -> Result<BenchReport, Error> {
     if size % 8 != 0 || size == 0 {
-        return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
+        return Err(Error::from(crate::error::InputError::setting("size", format!("must be a positive multiple of 8, got {size}"))));
     }
     let t0 = Instant::now();
     let launches0 = crate::kernels::flash_attention::launches();
@@ -162,7 +162,7 @@ pub fn bench_generate(
     let (mut map, vae_parameters) = random_weights("random VAE", &AutoencoderKL::param_specs(&vc), device, 2, storage);
     let mut vae = AutoencoderKL::from_map(&vc, &mut map);
     vae.set_query_chunk_size(query_chunk);
-    let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));
+    let sync = |d: &Device| d.sync().map_err(|e| Error::from(crate::error::DeviceError::Sync { reason: format!("{e:?}") }));
     sync(device)?;
     let load_seconds = t0.elapsed().as_secs_f64();
 

@@ -62,15 +62,15 @@ pub fn bench_suppress(
     storage: crate::weights::WeightStorage,
 ) -> Result<SuppressBenchReport, Error> {
     if !size.is_multiple_of(8) || size == 0 {
-        return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
+        return Err(Error::from(crate::error::InputError::setting("size", format!("must be a positive multiple of 8, got {size}"))));
     }
-    let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));
+    let sync = |d: &Device| d.sync().map_err(|e| Error::from(crate::error::DeviceError::Sync { reason: format!("{e:?}") }));
     let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
     let (mut map, _) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
     let mut unet = UNet2DConditionModel::from_map(&uc, &mut map);
     unet.set_query_chunk_size(query_chunk);
     let h = size / 8;
-    let layers = MapLayers::for_unet(&unet, [h, h]).ok_or_else(|| Error::Input("this UNet has no cross-attention in its down/up blocks".into()))?;
+    let layers = MapLayers::for_unet(&unet, [h, h]).ok_or(crate::error::InputError::NoCrossAttention { what: "SuppressEOT" })?;
     let dim = arch.cross_attention_dim();
     let normal = Distribution::Normal(0.0, 1.0);
     let uncond = Tensor::<3>::random([1, 77, dim], normal, device);

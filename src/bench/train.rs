@@ -59,7 +59,7 @@ pub fn bench_train(
     storage: WeightStorage,
 ) -> Result<TrainBenchReport, Error> {
     if size % 8 != 0 || size == 0 {
-        return Err(Error::Input(format!("--size must be a positive multiple of 8, got {size}")));
+        return Err(Error::from(crate::error::InputError::setting("size", format!("must be a positive multiple of 8, got {size}"))));
     }
     let t0 = Instant::now();
     let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
@@ -69,7 +69,7 @@ pub fn bench_train(
     let cc = CLIPTextConfig::from_json(&clip_config(arch).to_string(), "bench clip config")?;
     let (mut map, text_encoder_parameters) = random_weights("random CLIP", &CLIPTextModel::param_specs(&cc), device, 3, storage);
     let te = CLIPTextModel::from_map(&cc, &mut map).no_grad();
-    let sync = |d: &Device| d.sync().map_err(|e| Error::Input(format!("device error: {e:?}")));
+    let sync = |d: &Device| d.sync().map_err(|e| Error::from(crate::error::DeviceError::Sync { reason: format!("{e:?}") }));
     sync(device)?;
     let load_seconds = t0.elapsed().as_secs_f64();
 
@@ -106,12 +106,11 @@ pub fn bench_train(
         } else {
             diffusion_loss(&te, &unet, &acp, prediction, &[placeholder], rows.clone(), &batch).backward()
         };
-        let g = rows.grad(&grads).ok_or_else(|| Error::Input("no gradient reached the row".into()))?;
+        let g = rows.grad(&grads).ok_or_else(|| crate::error::DeviceError::Readback { reason: "no gradient reached the row".into() })?;
         if let Some(u) = device.memory_pool_usage() {
             peak = peak.max(u.bytes_reserved);
         }
-        let g = pollster::block_on(g.into_data_async()).map_err(|e| Error::Input(format!("readback: {e:?}")))?;
-        let g = g.convert::<f32>().try_into_vec::<f32>().map_err(|e| Error::Input(format!("readback: {e:?}")))?;
+        let g = pollster::block_on(crate::readback::read_f32(g))?;
         for (r, g) in row.iter_mut().zip(&g) {
             *r -= 1e-3 * g.signum();
         }

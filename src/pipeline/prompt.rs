@@ -14,32 +14,7 @@ pub struct PromptEncoder {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: CLIPTextModel,
 }
-
-/// A tokenized prompt.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Tokenized {
-    /// The prompt after `maybe_convert_prompt`.
-    pub converted_prompt: String,
-    /// `model_max_length` ids fed to the text encoder (BOS + at most 75 tokens + EOS, padded).
-    pub input_ids: Vec<u32>,
-    /// Token strings of `input_ids`.
-    pub tokens: Vec<String>,
-    /// All ids without truncation or padding.
-    pub ids: Vec<u32>,
-    /// True when the prompt had more tokens than fit (they are dropped, as diffusers does).
-    pub truncated: bool,
-}
-
-impl Tokenized {
-    /// Tokenizes like the pipeline: convert the prompt for multi-vector tokens, then pad/truncate.
-    pub fn new(tokenizer: &ClipTokenizer, prompt: &str) -> Self {
-        let converted_prompt = tokenizer.maybe_convert_prompt(prompt);
-        let full = tokenizer.encode(&converted_prompt);
-        let padded = tokenizer.encode_padded(&converted_prompt);
-        let truncated = full.ids.len() > tokenizer.model_max_length();
-        Tokenized { converted_prompt, input_ids: padded.ids, tokens: padded.tokens, ids: full.ids, truncated }
-    }
-}
+pub use crate::tokenizer::Tokenized;
 
 impl PromptEncoder {
     pub fn new(tokenizer: ClipTokenizer, text_encoder: CLIPTextModel) -> Self {
@@ -83,7 +58,7 @@ impl PromptEncoder {
     /// every layer's hidden state).
     pub fn encode(&self, prompts: &[&str], output_hidden_states: bool) -> Result<(Vec<Tokenized>, CLIPTextOutput), Error> {
         if prompts.is_empty() {
-            return Err(Error::Input("no prompt given".into()));
+            return Err(crate::error::InputError::setting("prompt", "is missing: give at least one prompt").into());
         }
         let toks: Vec<Tokenized> = prompts.iter().map(|p| self.tokenize(p)).collect();
         let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.input_ids.clone()).collect();

@@ -6,11 +6,12 @@
 use burn::tensor::Tensor;
 
 use super::StableDiffusion;
+use super::denoise::{Denoise, encode_context, guide, initial_latents, prepare_scheduler, run_to_end};
 use super::rng::NoiseRng;
-use crate::error::Error;
+use crate::attention_maps::{HeatmapAccumulator, MapLayers};
+use crate::error::{Error, InputError};
 use crate::models::UNetCapture;
-use crate::suppress::{HeatmapAccumulator, MapLayers};
-use crate::schedulers::{Overrides, Scheduler, SchedulerKind, create};
+use crate::schedulers::{Overrides, Scheduler, SchedulerKind};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -70,49 +71,11 @@ impl Txt2Img {
     /// Prepares a run. `latents`: diffusers' `latents=` argument, `[N, C, H/8, W/8]` initial noise
     /// before `init_noise_sigma` scaling; `None` draws it from the seeded [`NoiseRng`].
     pub fn new(sd: &StableDiffusion, p: &GenerateParams, latents: Option<Tensor<4>>) -> Result<Self, Error> {
-        let f = sd.vae_scale_factor();
-        if p.width == 0 || p.height == 0 || p.width % f != 0 || p.height % f != 0 {
-            return Err(Error::Input(format!("width and height must be positive multiples of {f}, got {}x{}", p.width, p.height)));
-        }
-        if p.steps == 0 {
-            return Err(Error::Input("--steps must be at least 1".into()));
-        }
-        if p.num_images == 0 {
-            return Err(Error::Input("the number of images must be at least 1".into()));
-        }
-        let kind = p.scheduler.unwrap_or(sd.default_scheduler);
-        let mut scheduler = create(kind, &sd.scheduler_config, &p.overrides)?;
-        scheduler.set_timesteps(p.steps)?;
-
-        // 3. encode the prompts once: [negative, prompt]
-        let do_cfg = p.do_cfg();
-        let n = p.num_images;
-        let context = if do_cfg {
-            let (_, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false)?;
-            let [_, s, d] = out.last_hidden_state.dims();
-            let uncond = out.last_hidden_state.clone().slice([0..1, 0..s, 0..d]).repeat_dim(0, n);
-            let cond = out.last_hidden_state.slice([1..2, 0..s, 0..d]).repeat_dim(0, n);
-            Tensor::cat(vec![uncond, cond], 0)
-        } else {
-            let (_, out) = sd.prompt.encode(&[&p.prompt], false)?;
-            out.last_hidden_state.repeat_dim(0, n)
-        };
-
-        // 5. initial latents
-        let device = sd.device();
-        let shape = [n, sd.latent_channels(), p.height / f, p.width / f];
+        let scheduler = prepare_scheduler(sd, p)?;
+        let context = encode_context(sd, p)?;
         let mut rng = NoiseRng::new(p.seed);
-        let latents = match latents {
-            Some(l) => {
-                if l.dims() != shape {
-                    return Err(Error::Input(format!("latents have shape {:?} but this run needs {:?}", l.dims(), shape)));
-                }
-                l
-            }
-            None => rng.randn(shape, &device),
-        };
-        let latents = latents * scheduler.init_noise_sigma();
-        Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg, step: 0, rng, heatmaps: None })
+        let latents = initial_latents(sd, p, latents, &mut rng)? * scheduler.init_noise_sigma();
+        Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg: p.do_cfg(), step: 0, rng, heatmaps: None })
     }
 
     /// Number of scheduler steps (PNDM may have one more than requested).
@@ -139,12 +102,11 @@ impl Txt2Img {
     }
 
     /// From the next step on, accumulates per-token cross-attention heatmaps of the prompt
-    /// (conditional half of the batch; see [`crate::suppress::heatmaps`]). Errors when the UNet
+    /// (conditional half of the batch; see [`crate::attention_maps::heatmaps`]). Errors when the UNet
     /// has no cross-attention in its down/up blocks.
     pub fn enable_heatmaps(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
         let [_, _, h, w] = self.latents.dims();
-        let layers = MapLayers::for_unet(&sd.unet, [h, w])
-            .ok_or_else(|| Error::Input("this UNet has no cross-attention in its down/up blocks: no attention maps to show".into()))?;
+        let layers = MapLayers::for_unet(&sd.unet, [h, w]).ok_or(InputError::NoCrossAttention { what: "attention heatmaps" })?;
         self.heatmaps = Some(HeatmapAccumulator::new(layers));
         Ok(())
     }
@@ -165,19 +127,13 @@ impl Txt2Img {
             let rows = if self.do_cfg { n..2 * n } else { 0..n };
             acc.add(&capture, rows);
         }
-        if self.do_cfg {
-            let mut halves = eps.chunk(2, 0).into_iter();
-            let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
-            uncond.clone() + (cond - uncond) * self.guidance
-        } else {
-            eps
-        }
+        if self.do_cfg { guide(eps, self.guidance) } else { eps }
     }
 
     /// Runs one scheduler step (expand for CFG, scale, UNet, guidance, scheduler step).
     pub fn step(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
         if self.is_done() {
-            return Err(Error::Input("the run is already finished".into()));
+            return Err(InputError::Finished.into());
         }
         let t = self.scheduler.timesteps()[self.step];
         let eps = self.noise_pred(sd, t);
@@ -214,13 +170,33 @@ pub fn generate(
     on_step: &mut dyn FnMut(usize, usize, &Tensor<4>) -> bool,
 ) -> Result<Generated, Error> {
     let mut run = Txt2Img::new(sd, p, latents)?;
-    let total = run.num_steps();
-    while !run.is_done() {
-        run.step(sd)?;
-        if !on_step(run.steps_done(), total, &run.latents) {
-            return Err(Error::Cancelled);
-        }
-    }
+    // plain generation never waits on a readback: the future completes at once
+    now_or_never(run_to_end(&mut run, sd, on_step))?;
     let latents = run.latents();
-    Ok(Generated { image: decode_latents(sd, latents.clone()), latents, num_steps: total })
+    Ok(Generated { image: decode_latents(sd, latents.clone()), latents, num_steps: run.num_steps() })
+}
+
+/// The value of a future that never waits (plain generation steps), polled once without an executor.
+fn now_or_never<T>(f: impl std::future::Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("plain generation does not wait"),
+    }
+}
+
+impl Denoise for Txt2Img {
+    fn num_steps(&self) -> usize {
+        Txt2Img::num_steps(self)
+    }
+    fn steps_done(&self) -> usize {
+        self.step
+    }
+    fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
+    }
+    fn step(&mut self, sd: &StableDiffusion) -> impl std::future::Future<Output = Result<(), Error>> {
+        std::future::ready(Txt2Img::step(self, sd))
+    }
 }

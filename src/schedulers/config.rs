@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::SchedulerError;
+pub use crate::prediction_type::PredictionType;
 
 /// Declares a config enum: its diffusers spellings (serde and `FromStr`), and `Display`.
 macro_rules! config_enum {
@@ -53,17 +54,6 @@ config_enum!(
         ScaledLinear = "scaled_linear",
         /// GLIDE cosine schedule.
         SquaredcosCapV2 = "squaredcos_cap_v2",
-    }
-);
-
-config_enum!(
-    /// `prediction_type`: what the model predicts.
-    PredictionType {
-        Epsilon = "epsilon",
-        /// Velocity `sqrt(acp) * noise - sqrt(1 - acp) * x0` (SD 2.x 768 models).
-        VPrediction = "v_prediction",
-        /// The clean sample (`original_sample` is diffusers' old spelling).
-        Sample = "sample" | "original_sample",
     }
 );
 

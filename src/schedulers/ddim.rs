@@ -5,20 +5,17 @@
 
 use burn::tensor::Tensor;
 
-use super::config::{ClassOptions, DdimOptions, PredictionType, ResolvedConfig, TimestepSpacing};
-use super::schedule::{self, np_linspace};
-use super::{Scheduler, SchedulerError, StepOutput, add_noise_ddpm, check_steps, train_index};
+use super::config::{ClassOptions, DdimOptions, PredictionType, ResolvedConfig};
+use super::schedule::{Parameterization, ScheduleState};
+use super::{Scheduler, SchedulerError, StepOutput};
 
 /// `DDIMScheduler`. Default `timestep_spacing` leading; `init_noise_sigma` 1.
 #[derive(Clone, Debug)]
 pub struct DDIMScheduler {
-    config: ResolvedConfig,
+    state: ScheduleState,
     opts: DdimOptions,
-    betas: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
     /// `alphas_cumprod` of the step after the last: 1 with `set_alpha_to_one`, else `acp[0]`.
     final_alpha_cumprod: f64,
-    timesteps: Vec<f64>,
     num_inference_steps: usize,
 }
 
@@ -26,52 +23,32 @@ impl DDIMScheduler {
     /// Builds the training tables. `config.options` must be [`ClassOptions::Ddim`].
     pub fn new(config: ResolvedConfig) -> Self {
         let ClassOptions::Ddim(opts) = config.options.clone() else { panic!("DDIMScheduler needs DDIM options") };
-        let betas = schedule::betas(&config, opts.rescale_betas_zero_snr);
-        let alphas_cumprod = schedule::alphas_cumprod(&betas);
-        let final_alpha_cumprod = if opts.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
-        Self { config, opts, betas, alphas_cumprod, final_alpha_cumprod, timesteps: vec![], num_inference_steps: 0 }
+        let state = ScheduleState::new(config, Parameterization::Alphas, opts.rescale_betas_zero_snr);
+        let final_alpha_cumprod = state.final_alpha_cumprod(opts.set_alpha_to_one);
+        Self { state, opts, final_alpha_cumprod, num_inference_steps: 0 }
     }
 
     /// `(alpha_prod_t, alpha_prod_t_prev)` for the step at `timestep`, where the previous
     /// timestep is `timestep - num_train_timesteps // num_inference_steps`.
     fn alphas(&self, timestep: usize) -> (f64, f64) {
-        let prev = timestep as i64 - (self.config.num_train_timesteps / self.num_inference_steps) as i64;
-        let a_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod };
-        (self.alphas_cumprod[timestep], a_prev)
+        let acp = &self.state.alphas_cumprod;
+        let prev = timestep as i64 - (self.state.num_train_timesteps() / self.num_inference_steps) as i64;
+        let a_prev = if prev >= 0 { acp[prev as usize] } else { self.final_alpha_cumprod };
+        (acp[timestep], a_prev)
     }
 }
 
 impl Scheduler for DDIMScheduler {
+    fn state(&self) -> &ScheduleState {
+        &self.state
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<(), SchedulerError> {
-        let nt = self.config.num_train_timesteps;
-        check_steps(n, nt)?;
-        self.timesteps = match self.config.timestep_spacing {
-            TimestepSpacing::Linspace => np_linspace(0.0, (nt - 1) as f64, n).into_iter().rev().map(f64::round_ties_even).collect(),
-            TimestepSpacing::Leading => schedule::leading(nt, n, self.config.steps_offset),
-            TimestepSpacing::Trailing => schedule::trailing(nt as f64, nt, n),
-        };
-        if let Some(&t) = self.timesteps.iter().find(|&&t| t >= nt as f64) {
-            return Err(SchedulerError::InvalidConfig {
-                class: self.name(),
-                key: "steps_offset",
-                value: self.config.steps_offset.to_string(),
-                reason: format!("it pushes timestep {t} past num_train_timesteps {nt}"),
-            });
-        }
+        self.state.check_steps(n)?;
+        self.state.timesteps = self.state.spaced_timesteps(n, f64::round_ties_even);
+        self.state.check_timesteps_fit(self.state.timesteps.iter().copied())?;
         self.num_inference_steps = n;
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
     }
 
     fn needs_noise(&self) -> bool {
@@ -80,11 +57,11 @@ impl Scheduler for DDIMScheduler {
 
     fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> StepOutput {
         // 1. previous step value and 2. alphas, betas
-        let t = self.timesteps[step_index] as usize;
+        let t = self.state.timesteps[step_index] as usize;
         let (a_t, a_prev) = self.alphas(t);
         let b_t = 1.0 - a_t;
         // 3. predicted original sample and noise (formula (12) of the DDIM paper)
-        let (mut x0, eps) = match self.config.prediction_type {
+        let (mut x0, eps) = match self.state.config.prediction_type {
             PredictionType::Epsilon => ((sample.clone() - model_output.clone().mul_scalar(b_t.sqrt())).div_scalar(a_t.sqrt()), model_output),
             PredictionType::Sample => {
                 let eps = (sample - model_output.clone().mul_scalar(a_t.sqrt())).div_scalar(b_t.sqrt());
@@ -111,26 +88,5 @@ impl Scheduler for DDIMScheduler {
             prev = prev + noise.mul_scalar(std_dev);
         }
         StepOutput { prev_sample: prev, pred_original_sample: Some(x0) }
-    }
-
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-        let t = train_index(timestep, self.config.num_train_timesteps);
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, &[t])
-    }
-
-    fn betas(&self) -> &[f64] {
-        &self.betas
-    }
-
-    fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
-    fn config(&self) -> &ResolvedConfig {
-        &self.config
-    }
-
-    fn name(&self) -> &'static str {
-        "DDIMScheduler"
     }
 }

@@ -10,9 +10,8 @@ use burn::tensor::Tensor;
 use super::config::{
     AlgorithmType, BetaSchedule, ClassOptions, DpmSolverOptions, FinalSigmasType, PredictionType, ResolvedConfig, SolverType, TimestepSpacing,
 };
-use super::euler_discrete::sigma_family_tables;
-use super::schedule::{self, f32r, np_linspace, sigma_to_alpha_sigma_t};
-use super::{Scheduler, SchedulerError, StepOutput, add_noise_ddpm, check_steps, train_index};
+use super::schedule::{self, Parameterization, ScheduleState, f32r, np_linspace, sigma_to_alpha_sigma_t};
+use super::{Scheduler, SchedulerError, StepOutput, add_noise_ddpm};
 
 /// `(alpha_t, sigma_t, lambda_t = log(alpha_t) - log(sigma_t))` of a sigma.
 fn alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
@@ -23,15 +22,10 @@ fn alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
 /// `DPMSolverMultistepScheduler`. Default `timestep_spacing` linspace; `init_noise_sigma` 1.
 #[derive(Clone, Debug)]
 pub struct DPMSolverMultistepScheduler {
-    config: ResolvedConfig,
+    state: ScheduleState,
     opts: DpmSolverOptions,
-    betas: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    train_sigmas: Vec<f64>,
     /// Float32 `log(alpha_t) - log(sigma_t)` per training timestep (for `lambda_min_clipped`).
     lambda_t: Vec<f64>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
     /// The last `solver_order` converted model outputs (oldest first).
     model_outputs: Vec<Option<Tensor<4>>>,
     lower_order_nums: usize,
@@ -41,8 +35,9 @@ impl DPMSolverMultistepScheduler {
     /// Builds the training tables. `config.options` must be [`ClassOptions::DpmSolverMultistep`].
     pub fn new(config: ResolvedConfig) -> Self {
         let ClassOptions::DpmSolverMultistep(opts) = config.options.clone() else { panic!("DPMSolverMultistepScheduler needs DPM-Solver options") };
-        let (betas, alphas_cumprod, train_sigmas) = sigma_family_tables(&config, opts.rescale_betas_zero_snr);
-        let lambda_t = alphas_cumprod
+        let state = ScheduleState::new(config, Parameterization::AlphasWithSigmas, opts.rescale_betas_zero_snr);
+        let lambda_t = state
+            .alphas_cumprod
             .iter()
             .map(|&a| {
                 let (alpha, sigma) = (f32r(a.sqrt()), f32r(f32r(1.0 - a).sqrt()));
@@ -50,14 +45,14 @@ impl DPMSolverMultistepScheduler {
             })
             .collect();
         let model_outputs = vec![None; opts.solver_order];
-        Self { config, opts, betas, alphas_cumprod, train_sigmas, lambda_t, timesteps: vec![], sigmas: vec![], model_outputs, lower_order_nums: 0 }
+        Self { state, opts, lambda_t, model_outputs, lower_order_nums: 0 }
     }
 
     /// Converts the model output to what the algorithm integrates: x0 for DPM-Solver++, epsilon
     /// for DPM-Solver.
     fn convert_model_output(&self, model_output: Tensor<4>, sample: Tensor<4>, sigma: f64) -> Tensor<4> {
         let (alpha_t, sigma_t) = sigma_to_alpha_sigma_t(sigma);
-        match (self.opts.algorithm_type, self.config.prediction_type) {
+        match (self.opts.algorithm_type, self.state.config.prediction_type) {
             (AlgorithmType::DpmSolverPlusPlus, PredictionType::Epsilon) => (sample - model_output.mul_scalar(sigma_t)).div_scalar(alpha_t),
             (AlgorithmType::DpmSolverPlusPlus, PredictionType::Sample) => model_output,
             (AlgorithmType::DpmSolverPlusPlus, PredictionType::VPrediction) => sample.mul_scalar(alpha_t) - model_output.mul_scalar(sigma_t),
@@ -74,8 +69,8 @@ impl DPMSolverMultistepScheduler {
 
     /// First-order update (DDIM-equivalent) from `sigmas[i]` to `sigmas[i + 1]`.
     fn first_order(&self, i: usize, sample: Tensor<4>) -> Tensor<4> {
-        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
-        let (alpha_s, sigma_s, lambda_s) = alpha_sigma_lambda(self.sigmas[i]);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.state.sigmas[i + 1]);
+        let (alpha_s, sigma_s, lambda_s) = alpha_sigma_lambda(self.state.sigmas[i]);
         let h = lambda_t - lambda_s;
         let m0 = self.m(0);
         match self.opts.algorithm_type {
@@ -86,9 +81,9 @@ impl DPMSolverMultistepScheduler {
 
     /// Second-order multistep update using outputs at `sigmas[i]` and `sigmas[i - 1]`.
     fn second_order(&self, i: usize, sample: Tensor<4>) -> Tensor<4> {
-        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
-        let (_, _, lambda_s1) = alpha_sigma_lambda(self.sigmas[i - 1]);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.state.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.state.sigmas[i]);
+        let (_, _, lambda_s1) = alpha_sigma_lambda(self.state.sigmas[i - 1]);
         let (m0, m1) = (self.m(0), self.m(1));
         let (h, h0) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1);
         let r0 = h0 / h;
@@ -116,10 +111,10 @@ impl DPMSolverMultistepScheduler {
 
     /// Third-order multistep update using outputs at `sigmas[i]`, `[i - 1]` and `[i - 2]`.
     fn third_order(&self, i: usize, sample: Tensor<4>) -> Tensor<4> {
-        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
-        let (_, _, lambda_s1) = alpha_sigma_lambda(self.sigmas[i - 1]);
-        let (_, _, lambda_s2) = alpha_sigma_lambda(self.sigmas[i - 2]);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.state.sigmas[i + 1]);
+        let (alpha_s0, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.state.sigmas[i]);
+        let (_, _, lambda_s1) = alpha_sigma_lambda(self.state.sigmas[i - 1]);
+        let (_, _, lambda_s2) = alpha_sigma_lambda(self.state.sigmas[i - 2]);
         let (m0, m1, m2) = (self.m(0), self.m(1), self.m(2));
         let (h, h0, h1) = (lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2);
         let (r0, r1) = (h0 / h, h1 / h);
@@ -145,13 +140,17 @@ impl DPMSolverMultistepScheduler {
 }
 
 impl Scheduler for DPMSolverMultistepScheduler {
+    fn state(&self) -> &ScheduleState {
+        &self.state
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<(), SchedulerError> {
-        let nt = self.config.num_train_timesteps;
-        check_steps(n, nt)?;
+        let nt = self.state.num_train_timesteps();
+        self.state.check_steps(n)?;
         // clip the smallest lambdas (cosine schedules): searchsorted(flip(lambda_t), lambda_min_clipped)
         let clipped_idx = self.lambda_t.iter().rev().take_while(|&&l| l < self.opts.lambda_min_clipped).count();
         let last_timestep = nt - clipped_idx;
-        let mut ts: Vec<f64> = match self.config.timestep_spacing {
+        let mut ts: Vec<f64> = match self.state.config.timestep_spacing {
             TimestepSpacing::Linspace => {
                 let mut v: Vec<f64> = np_linspace(0.0, last_timestep as f64 - 1.0, n + 1).into_iter().map(f64::round_ties_even).collect();
                 v.reverse();
@@ -160,58 +159,37 @@ impl Scheduler for DPMSolverMultistepScheduler {
             }
             TimestepSpacing::Leading => {
                 let ratio = last_timestep / (n + 1);
-                (1..=n).rev().map(|i| (i * ratio + self.config.steps_offset) as f64).collect()
+                (1..=n).rev().map(|i| (i * ratio + self.state.config.steps_offset) as f64).collect()
             }
             TimestepSpacing::Trailing => schedule::trailing(last_timestep as f64, nt, n),
         };
-        let table = &self.train_sigmas;
+        let table = &self.state.train_sigmas;
         let mut sigmas: Vec<f64> = if self.opts.use_karras_sigmas {
             // in_sigmas = flip(table): sigma_min = table[0], sigma_max = table[last]
             let karras = schedule::karras_sigmas(table[0], table[table.len() - 1], n);
-            let log_sigmas = schedule::log_table(table);
-            ts = karras
-                .iter()
-                .map(|&s| {
-                    let t = schedule::sigma_to_t(s, &log_sigmas);
-                    if self.config.beta_schedule == BetaSchedule::SquaredcosCapV2 { t.trunc() } else { t.round_ties_even() }
-                })
-                .collect();
+            let cosine = self.state.config.beta_schedule == BetaSchedule::SquaredcosCapV2;
+            ts = self.state.sigmas_to_timesteps(&karras).into_iter().map(|t| if cosine { t.trunc() } else { t.round_ties_even() }).collect();
             karras
         } else {
             ts.iter().map(|&t| schedule::interp(t, table)).collect()
         };
-        sigmas.push(match self.opts.final_sigmas_type {
-            FinalSigmasType::Zero => 0.0,
-            FinalSigmasType::SigmaMin => table[0],
-        });
-        self.sigmas = sigmas.into_iter().map(f32r).collect();
-        self.timesteps = ts;
+        sigmas.push(self.state.final_sigma(self.opts.final_sigmas_type));
+        self.state.sigmas = sigmas.into_iter().map(f32r).collect();
+        self.state.timesteps = ts;
         self.model_outputs = vec![None; self.opts.solver_order];
         self.lower_order_nums = 0;
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
     fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> StepOutput {
-        let (i, len, o) = (step_index, self.timesteps.len(), &self.opts);
+        let (i, len, o) = (step_index, self.state.timesteps.len(), &self.opts);
         // lower-order steps at the end improve stability for few steps
         let lower_order_final =
             i == len - 1 && (o.euler_at_final || (o.lower_order_final && len < 15) || o.final_sigmas_type == FinalSigmasType::Zero);
         let lower_order_second = i + 2 == len && o.lower_order_final && len < 15;
         let order = o.solver_order;
 
-        let converted = self.convert_model_output(model_output, sample.clone(), self.sigmas[i]);
+        let converted = self.convert_model_output(model_output, sample.clone(), self.state.sigmas[i]);
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(converted));
 
@@ -231,33 +209,18 @@ impl Scheduler for DPMSolverMultistepScheduler {
     /// DDPM noising at `timestep`; for a schedule timestep the schedule's own sigma is used
     /// (they differ only under Karras sigmas), like diffusers' `add_noise`.
     fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-        let t = train_index(timestep, self.config.num_train_timesteps);
-        match schedule::index_for_timestep(&self.timesteps, timestep) {
+        let s = &self.state;
+        let t = s.train_index(timestep);
+        match schedule::index_for_timestep(&s.timesteps, timestep) {
             Some(idx) if self.opts.use_karras_sigmas => {
-                let (alpha_t, sigma_t) = sigma_to_alpha_sigma_t(self.sigmas[idx]);
+                let (alpha_t, sigma_t) = sigma_to_alpha_sigma_t(s.sigmas[idx]);
                 original.mul_scalar(alpha_t) + noise.mul_scalar(sigma_t)
             }
-            _ => add_noise_ddpm(&self.alphas_cumprod, original, noise, &[t]),
+            _ => add_noise_ddpm(&s.alphas_cumprod, original, noise, &[t]),
         }
-    }
-
-    fn betas(&self) -> &[f64] {
-        &self.betas
-    }
-
-    fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
-    fn config(&self) -> &ResolvedConfig {
-        &self.config
     }
 
     fn keeps_history(&self) -> bool {
         true
-    }
-
-    fn name(&self) -> &'static str {
-        "DPMSolverMultistepScheduler"
     }
 }

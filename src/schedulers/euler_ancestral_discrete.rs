@@ -6,19 +6,13 @@
 use burn::tensor::Tensor;
 
 use super::config::{ClassOptions, EulerAncestralOptions, ResolvedConfig};
-use super::euler_discrete::{sigma_family_tables, sigma_family_timesteps};
-use super::schedule::{self, f32r};
-use super::{Scheduler, SchedulerError, StepOutput, check_steps, sigma_add_noise, sigma_init_noise, sigma_input_scale, sigma_pred_original};
+use super::schedule::{self, Parameterization, ScheduleState, f32r};
+use super::{Scheduler, SchedulerError, StepOutput, sigma_pred_original};
 
 /// `EulerAncestralDiscreteScheduler`. Default `timestep_spacing` linspace. Needs noise.
 #[derive(Clone, Debug)]
 pub struct EulerAncestralDiscreteScheduler {
-    config: ResolvedConfig,
-    betas: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    train_sigmas: Vec<f64>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
+    state: ScheduleState,
 }
 
 impl EulerAncestralDiscreteScheduler {
@@ -27,8 +21,7 @@ impl EulerAncestralDiscreteScheduler {
         let ClassOptions::EulerAncestral(EulerAncestralOptions { rescale_betas_zero_snr }) = config.options else {
             panic!("EulerAncestralDiscreteScheduler needs EulerAncestral options")
         };
-        let (betas, alphas_cumprod, train_sigmas) = sigma_family_tables(&config, rescale_betas_zero_snr);
-        Self { config, betas, alphas_cumprod, train_sigmas, timesteps: vec![], sigmas: vec![] }
+        Self { state: ScheduleState::new(config, Parameterization::Sigmas, rescale_betas_zero_snr) }
     }
 
     /// `(sigma_up, sigma_down)` for the step from `sigma_from` to `sigma_to` (float32 like diffusers):
@@ -42,31 +35,18 @@ impl EulerAncestralDiscreteScheduler {
 }
 
 impl Scheduler for EulerAncestralDiscreteScheduler {
+    fn state(&self) -> &ScheduleState {
+        &self.state
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<(), SchedulerError> {
-        check_steps(n, self.config.num_train_timesteps)?;
-        let ts = sigma_family_timesteps(&self.config, n, true);
-        let mut sigmas: Vec<f64> = ts.iter().map(|&t| f32r(schedule::interp(t, &self.train_sigmas))).collect();
+        self.state.check_steps(n)?;
+        let ts = self.state.spaced_timesteps(n, f32r);
+        let mut sigmas: Vec<f64> = ts.iter().map(|&t| f32r(schedule::interp(t, &self.state.train_sigmas))).collect();
         sigmas.push(0.0);
-        self.sigmas = sigmas;
-        self.timesteps = ts.into_iter().map(f32r).collect();
+        self.state.sigmas = sigmas;
+        self.state.timesteps = ts.into_iter().map(f32r).collect();
         Ok(())
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        let sigmas = if self.sigmas.is_empty() { &self.train_sigmas } else { &self.sigmas };
-        sigma_init_noise(sigmas, self.config.timestep_spacing)
-    }
-
-    fn model_input_scale(&self, step_index: usize) -> f64 {
-        sigma_input_scale(self.sigmas[step_index])
     }
 
     fn needs_noise(&self) -> bool {
@@ -74,35 +54,16 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, noise: Option<Tensor<4>>) -> StepOutput {
-        let sigma = self.sigmas[step_index];
+        let sigmas = &self.state.sigmas;
+        let sigma = sigmas[step_index];
         // 1. predicted x0
-        let x0 = sigma_pred_original(self.config.prediction_type, model_output, sample.clone(), sigma);
+        let x0 = sigma_pred_original(self.state.config.prediction_type, model_output, sample.clone(), sigma);
         // 2. split the step into a deterministic part (to sigma_down) and fresh noise (sigma_up)
-        let (sigma_up, sigma_down) = Self::ancestral_sigmas(sigma, self.sigmas[step_index + 1]);
+        let (sigma_up, sigma_down) = Self::ancestral_sigmas(sigma, sigmas[step_index + 1]);
         let derivative = (sample.clone() - x0.clone()).div_scalar(sigma);
         let dt = f32r(sigma_down - sigma);
         let noise = noise.expect("EulerAncestralDiscreteScheduler needs a noise tensor in step()");
         let prev = sample + derivative.mul_scalar(dt) + noise.mul_scalar(sigma_up);
         StepOutput { prev_sample: prev, pred_original_sample: Some(x0) }
-    }
-
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-        sigma_add_noise(&self.timesteps, &self.sigmas, &self.train_sigmas, original, noise, timestep)
-    }
-
-    fn betas(&self) -> &[f64] {
-        &self.betas
-    }
-
-    fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
-    fn config(&self) -> &ResolvedConfig {
-        &self.config
-    }
-
-    fn name(&self) -> &'static str {
-        "EulerAncestralDiscreteScheduler"
     }
 }

@@ -34,15 +34,17 @@ use std::str::FromStr;
 use burn::tensor::{Tensor, TensorData};
 
 pub use config::{
-    AlgorithmType, BetaSchedule, ClassOptions, FinalSigmasType, InterpolationType, Overrides, PredictionType, ResolvedConfig, SchedulerConfig,
-    SolverType, TimestepSpacing,
+    AlgorithmType, BetaSchedule, ClassOptions, FinalSigmasType, InterpolationType, Overrides, ResolvedConfig, SchedulerConfig, SolverType,
+    TimestepSpacing,
 };
+pub use crate::prediction_type::PredictionType;
 pub use ddim::DDIMScheduler;
 pub use dpmsolver_multistep::DPMSolverMultistepScheduler;
 pub use euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
 pub use euler_discrete::EulerDiscreteScheduler;
 pub use lms_discrete::LMSDiscreteScheduler;
 pub use pndm::PNDMScheduler;
+pub use schedule::{Parameterization, ScheduleState};
 
 use config::Class;
 
@@ -202,27 +204,55 @@ pub struct StepOutput {
 /// A diffusion scheduler. Tensors are `[batch, channels, height, width]` latents; `step_index`
 /// is the 0-based position in [`Scheduler::timesteps`]. Steps must run in order after
 /// [`Scheduler::set_timesteps`] (multistep schedulers keep history; starting at a later index,
-/// as img2img does, is fine).
+/// as img2img does, is fine). An implementation provides [`Scheduler::state`],
+/// [`Scheduler::set_timesteps`] and [`Scheduler::step`]; the other methods read the shared
+/// [`ScheduleState`] (by its [`Parameterization`]) unless the scheduler overrides them.
 pub trait Scheduler {
+    /// The config, training tables and inference schedule behind the accessors.
+    fn state(&self) -> &ScheduleState;
+
     /// Builds the inference schedule for `num_inference_steps` (1..=num_train_timesteps) and
     /// resets any multistep state.
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), SchedulerError>;
 
     /// diffusers' `scheduler.timesteps`: what the UNet gets at each step. Integer schedules
     /// (DDIM, PNDM, DPM-Solver) hold exact integers; the Euler family holds float32 values.
-    fn timesteps(&self) -> &[f64];
+    fn timesteps(&self) -> &[f64] {
+        &self.state().timesteps
+    }
 
     /// The sigma of each step with the final sigma appended (`timesteps().len() + 1` values) for
     /// sigma-based schedulers (Euler, Euler ancestral, LMS, DPM-Solver); `None` otherwise.
-    fn sigmas(&self) -> Option<&[f64]>;
+    fn sigmas(&self) -> Option<&[f64]> {
+        let s = self.state();
+        (s.parameterization != Parameterization::Alphas).then_some(&s.sigmas[..])
+    }
 
-    /// Standard deviation of the initial noise: `latents = randn * init_noise_sigma()`.
-    fn init_noise_sigma(&self) -> f64;
+    /// Standard deviation of the initial noise: `latents = randn * init_noise_sigma()`. 1, or
+    /// for the Euler family and LMS the largest sigma (of the training table before
+    /// `set_timesteps`), `sqrt(max^2 + 1)` under leading spacing (float32 like diffusers).
+    fn init_noise_sigma(&self) -> f64 {
+        let s = self.state();
+        if s.parameterization != Parameterization::Sigmas {
+            return 1.0;
+        }
+        let sigmas = if s.sigmas.is_empty() { &s.train_sigmas } else { &s.sigmas };
+        let max = sigmas.iter().copied().fold(0.0, f64::max);
+        match s.config.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+            TimestepSpacing::Leading => schedule::f32r(schedule::f32r(schedule::f32r(max * max) + 1.0).sqrt()),
+        }
+    }
 
     /// The factor [`Scheduler::scale_model_input`] multiplies by at `step_index`
     /// (`1 / sqrt(sigma^2 + 1)` for the Euler family and LMS, 1 otherwise).
-    fn model_input_scale(&self, _step_index: usize) -> f64 {
-        1.0
+    fn model_input_scale(&self, step_index: usize) -> f64 {
+        let s = self.state();
+        if s.parameterization != Parameterization::Sigmas {
+            return 1.0;
+        }
+        let sigma = s.sigmas[step_index];
+        1.0 / schedule::f32r(schedule::f32r(schedule::f32r(sigma * sigma) + 1.0).sqrt())
     }
 
     /// Scales the UNet input at `step_index`. Shapes: `[b, c, h, w]` -> same.
@@ -252,41 +282,44 @@ pub trait Scheduler {
 
     /// The forward (noising) process of this scheduler at `timestep`, for img2img and training:
     /// `sqrt(acp[t]) x + sqrt(1 - acp[t]) n` for DDIM/PNDM/DPM-Solver, `x + n * sigma(t)` for the
-    /// sigma schedulers (sigma of the schedule entry equal to `timestep`, else interpolated
-    /// from the training table). Shapes: `[b, c, h, w]`.
+    /// sigma schedulers (sigma of the schedule entry equal to `timestep` (diffusers'
+    /// `index_for_timestep`), else interpolated from the training table). Shapes: `[b, c, h, w]`.
     ///
     /// # Panics
     /// If `timestep` is outside `[0, num_train_timesteps)`.
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4>;
+    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
+        let s = self.state();
+        if s.parameterization != Parameterization::Sigmas {
+            return add_noise_ddpm(&s.alphas_cumprod, original, noise, &[s.train_index(timestep)]);
+        }
+        let last = s.train_sigmas.len() - 1;
+        assert!(timestep >= 0.0 && timestep <= last as f64, "timestep {timestep} is outside [0, {last}]");
+        let sigma = match schedule::index_for_timestep(&s.timesteps, timestep) {
+            Some(i) => s.sigmas[i],
+            None => schedule::f32r(schedule::interp(timestep, &s.train_sigmas)),
+        };
+        original + noise.mul_scalar(sigma)
+    }
 
     /// The training betas (float32 values), `num_train_timesteps` long.
-    fn betas(&self) -> &[f64];
+    fn betas(&self) -> &[f64] {
+        &self.state().betas
+    }
 
     /// The training `alphas_cumprod` (float32 values), `num_train_timesteps` long.
-    fn alphas_cumprod(&self) -> &[f64];
+    fn alphas_cumprod(&self) -> &[f64] {
+        &self.state().alphas_cumprod
+    }
 
     /// The resolved configuration.
-    fn config(&self) -> &ResolvedConfig;
+    fn config(&self) -> &ResolvedConfig {
+        &self.state().config
+    }
 
     /// The diffusers class name.
-    fn name(&self) -> &'static str;
-}
-
-/// Checks `num_inference_steps` against the training length.
-pub(crate) fn check_steps(n: usize, num_train_timesteps: usize) -> Result<(), SchedulerError> {
-    if n == 0 || n > num_train_timesteps {
-        return Err(SchedulerError::InvalidSteps { steps: n, max: num_train_timesteps });
+    fn name(&self) -> &'static str {
+        self.state().config.class_name
     }
-    Ok(())
-}
-
-/// `timestep` as an index into the training tables.
-pub(crate) fn train_index(timestep: f64, num_train_timesteps: usize) -> usize {
-    assert!(
-        timestep >= 0.0 && timestep < num_train_timesteps as f64 && timestep.fract() == 0.0,
-        "timestep {timestep} is not an integer training timestep in [0, {num_train_timesteps})"
-    );
-    timestep as usize
 }
 
 /// Per-batch-row scalars as a `[b, 1, 1, 1]` tensor of `like`'s dtype on its device (a host
@@ -331,30 +364,4 @@ pub(crate) fn sigma_pred_original(prediction_type: PredictionType, model_output:
         }
         PredictionType::Sample => model_output,
     }
-}
-
-/// `1 / sqrt(sigma^2 + 1)`, the Euler-family model input scale.
-pub(crate) fn sigma_input_scale(sigma: f64) -> f64 {
-    1.0 / schedule::f32r(schedule::f32r(schedule::f32r(sigma * sigma) + 1.0).sqrt())
-}
-
-/// `init_noise_sigma` of the Euler family: the largest sigma for linspace/trailing spacing,
-/// `sqrt(max^2 + 1)` for leading (float32 like diffusers).
-pub(crate) fn sigma_init_noise(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas.iter().copied().fold(0.0, f64::max);
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-        TimestepSpacing::Leading => schedule::f32r(schedule::f32r(schedule::f32r(max * max) + 1.0).sqrt()),
-    }
-}
-
-/// Sigma-scheduler `add_noise`: `x + noise * sigma(t)`, with sigma from the schedule entry equal
-/// to `timestep` (diffusers' `index_for_timestep`), else interpolated in the training table.
-pub(crate) fn sigma_add_noise(timesteps: &[f64], sigmas: &[f64], train_sigmas: &[f64], x: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-    assert!(timestep >= 0.0 && timestep <= (train_sigmas.len() - 1) as f64, "timestep {timestep} is outside [0, {}]", train_sigmas.len() - 1);
-    let sigma = match schedule::index_for_timestep(timesteps, timestep) {
-        Some(i) => sigmas[i],
-        None => schedule::f32r(schedule::interp(timestep, train_sigmas)),
-    };
-    x + noise.mul_scalar(sigma)
 }

@@ -6,22 +6,19 @@
 
 use burn::tensor::Tensor;
 
-use super::config::{ClassOptions, PndmOptions, PredictionType, ResolvedConfig, TimestepSpacing};
-use super::schedule::{self, np_linspace};
-use super::{Scheduler, SchedulerError, StepOutput, add_noise_ddpm, check_steps, train_index};
+use super::config::{ClassOptions, PndmOptions, PredictionType, ResolvedConfig};
+use super::schedule::{Parameterization, ScheduleState};
+use super::{Scheduler, SchedulerError, StepOutput};
 
 /// `PNDMScheduler` (`pndm_order` 4). Default `timestep_spacing` leading; `init_noise_sigma` 1.
 #[derive(Clone, Debug)]
 pub struct PNDMScheduler {
-    config: ResolvedConfig,
+    state: ScheduleState,
     opts: PndmOptions,
-    betas: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
     final_alpha_cumprod: f64,
     num_inference_steps: usize,
     /// The PRK part of the schedule (empty with `skip_prk_steps`).
     prk_timesteps: Vec<i64>,
-    timesteps: Vec<f64>,
     /// Multistep state: past model outputs (at most 4), the step counter, the sample the
     /// current multi-evaluation step started from, and the PRK running model output.
     ets: Vec<Tensor<4>>,
@@ -34,18 +31,14 @@ impl PNDMScheduler {
     /// Builds the training tables. `config.options` must be [`ClassOptions::Pndm`].
     pub fn new(config: ResolvedConfig) -> Self {
         let ClassOptions::Pndm(opts) = config.options.clone() else { panic!("PNDMScheduler needs PNDM options") };
-        let betas = schedule::betas(&config, false);
-        let alphas_cumprod = schedule::alphas_cumprod(&betas);
-        let final_alpha_cumprod = if opts.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let state = ScheduleState::new(config, Parameterization::Alphas, false);
+        let final_alpha_cumprod = state.final_alpha_cumprod(opts.set_alpha_to_one);
         Self {
-            config,
+            state,
             opts,
-            betas,
-            alphas_cumprod,
             final_alpha_cumprod,
             num_inference_steps: 0,
             prk_timesteps: vec![],
-            timesteps: vec![],
             ets: vec![],
             counter: 0,
             cur_sample: None,
@@ -54,15 +47,16 @@ impl PNDMScheduler {
     }
 
     fn step_ratio(&self) -> i64 {
-        (self.config.num_train_timesteps / self.num_inference_steps) as i64
+        (self.state.num_train_timesteps() / self.num_inference_steps) as i64
     }
 
     /// Formula (9) of the PNDM paper: `x_{t-1}` from `x_t` and an (effective) noise prediction.
     fn prev_sample(&self, sample: Tensor<4>, timestep: i64, prev_timestep: i64, model_output: Tensor<4>) -> Tensor<4> {
-        let a_t = self.alphas_cumprod[timestep as usize];
-        let a_prev = if prev_timestep >= 0 { self.alphas_cumprod[prev_timestep as usize] } else { self.final_alpha_cumprod };
+        let acp = &self.state.alphas_cumprod;
+        let a_t = acp[timestep as usize];
+        let a_prev = if prev_timestep >= 0 { acp[prev_timestep as usize] } else { self.final_alpha_cumprod };
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
-        let model_output = match self.config.prediction_type {
+        let model_output = match self.state.config.prediction_type {
             PredictionType::VPrediction => model_output.mul_scalar(a_t.sqrt()) + sample.clone().mul_scalar(b_t.sqrt()),
             _ => model_output,
         };
@@ -130,24 +124,18 @@ impl PNDMScheduler {
 }
 
 impl Scheduler for PNDMScheduler {
+    fn state(&self) -> &ScheduleState {
+        &self.state
+    }
+
     fn set_timesteps(&mut self, n: usize) -> Result<(), SchedulerError> {
-        let nt = self.config.num_train_timesteps;
-        check_steps(n, nt)?;
+        let nt = self.state.num_train_timesteps();
+        self.state.check_steps(n)?;
         self.num_inference_steps = n;
         // ascending `_timesteps`
-        let base: Vec<i64> = match self.config.timestep_spacing {
-            TimestepSpacing::Linspace => np_linspace(0.0, (nt - 1) as f64, n).into_iter().map(|t| t.round_ties_even() as i64).collect(),
-            TimestepSpacing::Leading => schedule::leading(nt, n, self.config.steps_offset).into_iter().rev().map(|t| t as i64).collect(),
-            TimestepSpacing::Trailing => schedule::trailing(nt as f64, nt, n).into_iter().rev().map(|t| t as i64).collect(),
-        };
-        if let Some(&t) = base.iter().find(|&&t| t >= nt as i64) {
-            return Err(SchedulerError::InvalidConfig {
-                class: self.name(),
-                key: "steps_offset",
-                value: self.config.steps_offset.to_string(),
-                reason: format!("it pushes timestep {t} past num_train_timesteps {nt}"),
-            });
-        }
+        let descending = self.state.spaced_timesteps(n, f64::round_ties_even);
+        self.state.check_timesteps_fit(descending.iter().rev().copied())?;
+        let base: Vec<i64> = descending.into_iter().rev().map(|t| t as i64).collect();
         let len = base.len();
         let (prk, plms): (Vec<i64>, Vec<i64>) = if self.opts.skip_prk_steps {
             // [t_0 .. t_{n-2}, t_{n-2}, t_{n-1}] reversed: the second timestep repeats
@@ -167,7 +155,7 @@ impl Scheduler for PNDMScheduler {
             let plms: Vec<i64> = base[..len.saturating_sub(3)].iter().rev().copied().collect();
             (prk, plms)
         };
-        self.timesteps = prk.iter().chain(plms.iter()).map(|&t| t as f64).collect();
+        self.state.timesteps = prk.iter().chain(plms.iter()).map(|&t| t as f64).collect();
         self.prk_timesteps = prk;
         self.ets.clear();
         self.counter = 0;
@@ -176,20 +164,8 @@ impl Scheduler for PNDMScheduler {
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
     fn step(&mut self, model_output: Tensor<4>, step_index: usize, sample: Tensor<4>, _noise: Option<Tensor<4>>) -> StepOutput {
-        let timestep = self.timesteps[step_index] as i64;
+        let timestep = self.state.timesteps[step_index] as i64;
         let prev = if self.counter < self.prk_timesteps.len() && !self.opts.skip_prk_steps {
             self.step_prk(model_output, timestep, sample)
         } else {
@@ -198,28 +174,7 @@ impl Scheduler for PNDMScheduler {
         StepOutput { prev_sample: prev, pred_original_sample: None }
     }
 
-    fn add_noise(&self, original: Tensor<4>, noise: Tensor<4>, timestep: f64) -> Tensor<4> {
-        let t = train_index(timestep, self.config.num_train_timesteps);
-        add_noise_ddpm(&self.alphas_cumprod, original, noise, &[t])
-    }
-
-    fn betas(&self) -> &[f64] {
-        &self.betas
-    }
-
-    fn alphas_cumprod(&self) -> &[f64] {
-        &self.alphas_cumprod
-    }
-
-    fn config(&self) -> &ResolvedConfig {
-        &self.config
-    }
-
     fn keeps_history(&self) -> bool {
         true
-    }
-
-    fn name(&self) -> &'static str {
-        "PNDMScheduler"
     }
 }

@@ -3,9 +3,142 @@
 //! `torch.cumprod`, `rescale_zero_terminal_snr`), inference timesteps with numpy's `linspace`,
 //! `arange` and `round` (half to even), `np.interp` of the sigma table, the Karras schedule and
 //! `_sigma_to_t`. Everything is `Vec<f64>`; values that torch/numpy hold in float32 are rounded
-//! to f32 and widened, so they are bit-identical to the reference tables.
+//! to f32 and widened, so they are bit-identical to the reference tables. [`ScheduleState`] holds
+//! these tables (and the inference schedule) for every scheduler.
 
-use super::config::{BetaSchedule, ResolvedConfig};
+use super::SchedulerError;
+use super::config::{BetaSchedule, FinalSigmasType, ResolvedConfig, TimestepSpacing};
+
+/// How a scheduler's latents relate to its noise level. Decides what the shared
+/// [`super::Scheduler`] accessors return: `sigmas`, `init_noise_sigma`, `model_input_scale` and
+/// `add_noise`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parameterization {
+    /// Variance preserving `sqrt(acp) x0 + sqrt(1 - acp) noise` on integer timesteps with no
+    /// sigma schedule (DDIM, PNDM): `init_noise_sigma` 1, unscaled model input, DDPM `add_noise`.
+    Alphas,
+    /// The same latents, stepped on a sigma schedule (DPM-Solver): as [`Self::Alphas`], but with
+    /// `sigmas`.
+    AlphasWithSigmas,
+    /// Variance exploding `x0 + sigma * noise` (k-diffusion: Euler, Euler ancestral, LMS):
+    /// `init_noise_sigma` the largest sigma, model input scaled by `1 / sqrt(sigma^2 + 1)`,
+    /// `add_noise` `x + sigma * noise`.
+    Sigmas,
+}
+
+/// The state every scheduler shares: the resolved config, the training tables and the current
+/// inference schedule. Each scheduler holds one, and the [`super::Scheduler`] accessors read it
+/// through `Scheduler::state`; the scheduler files hold only their own step math.
+#[derive(Clone, Debug)]
+pub struct ScheduleState {
+    /// The resolved configuration.
+    pub config: ResolvedConfig,
+    pub parameterization: Parameterization,
+    /// The training betas (float32 values), `num_train_timesteps` long.
+    pub betas: Vec<f64>,
+    /// The training `alphas_cumprod` (float32 values), `num_train_timesteps` long.
+    pub alphas_cumprod: Vec<f64>,
+    /// Float32 sigma per training timestep; empty for [`Parameterization::Alphas`].
+    pub train_sigmas: Vec<f64>,
+    /// diffusers' `scheduler.timesteps`; empty before `set_timesteps`.
+    pub timesteps: Vec<f64>,
+    /// `timesteps.len() + 1` sigmas (the final one appended; EulerDiscrete log_linear: one more,
+    /// as in diffusers); empty for [`Parameterization::Alphas`] and before `set_timesteps`.
+    pub sigmas: Vec<f64>,
+}
+
+impl ScheduleState {
+    /// The training tables: betas (optionally rescaled to zero terminal SNR) and alphas_cumprod;
+    /// with sigmas also the float32 sigma table, for which the last alphas_cumprod is set to 2^-24
+    /// under `rescale_zero_snr` (so the first sigma is finite).
+    pub fn new(config: ResolvedConfig, parameterization: Parameterization, rescale_zero_snr: bool) -> Self {
+        let betas = betas(&config, rescale_zero_snr);
+        let mut alphas_cumprod = alphas_cumprod(&betas);
+        let train_sigmas = if parameterization == Parameterization::Alphas {
+            vec![]
+        } else {
+            if rescale_zero_snr {
+                *alphas_cumprod.last_mut().expect("non-empty") = 2f64.powi(-24);
+            }
+            sigma_table(&alphas_cumprod)
+        };
+        Self { config, parameterization, betas, alphas_cumprod, train_sigmas, timesteps: vec![], sigmas: vec![] }
+    }
+
+    /// `num_train_timesteps` of the config.
+    pub fn num_train_timesteps(&self) -> usize {
+        self.config.num_train_timesteps
+    }
+
+    /// Checks `num_inference_steps` against the training length.
+    pub fn check_steps(&self, n: usize) -> Result<(), SchedulerError> {
+        if n == 0 || n > self.num_train_timesteps() {
+            return Err(SchedulerError::InvalidSteps { steps: n, max: self.num_train_timesteps() });
+        }
+        Ok(())
+    }
+
+    /// `timestep` as an index into the training tables.
+    ///
+    /// # Panics
+    /// If it is not an integer in `[0, num_train_timesteps)`.
+    pub fn train_index(&self, timestep: f64) -> usize {
+        let nt = self.num_train_timesteps();
+        assert!(
+            timestep >= 0.0 && timestep < nt as f64 && timestep.fract() == 0.0,
+            "timestep {timestep} is not an integer training timestep in [0, {nt})"
+        );
+        timestep as usize
+    }
+
+    /// `n` inference timesteps, descending, by the config's `timestep_spacing`: linspace
+    /// (`linspace(0, num_train - 1, n)`, each value passed through `round`), leading (with
+    /// `steps_offset`) or trailing.
+    pub fn spaced_timesteps(&self, n: usize, round: impl Fn(f64) -> f64) -> Vec<f64> {
+        let nt = self.num_train_timesteps();
+        match self.config.timestep_spacing {
+            TimestepSpacing::Linspace => np_linspace(0.0, (nt - 1) as f64, n).into_iter().rev().map(round).collect(),
+            TimestepSpacing::Leading => leading(nt, n, self.config.steps_offset),
+            TimestepSpacing::Trailing => trailing(nt as f64, nt, n),
+        }
+    }
+
+    /// Rejects a schedule with a timestep at or past `num_train_timesteps` (a `steps_offset` too
+    /// large for leading spacing; diffusers fails later with an IndexError), naming the first.
+    pub fn check_timesteps_fit(&self, timesteps: impl IntoIterator<Item = f64>) -> Result<(), SchedulerError> {
+        let nt = self.num_train_timesteps();
+        match timesteps.into_iter().find(|&t| t >= nt as f64) {
+            Some(t) => Err(SchedulerError::InvalidConfig {
+                class: self.config.class_name,
+                key: "steps_offset",
+                value: self.config.steps_offset.to_string(),
+                reason: format!("it pushes timestep {t} past num_train_timesteps {nt}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `alphas_cumprod` of the step after the last (`final_alpha_cumprod`): 1 with
+    /// `set_alpha_to_one`, else `alphas_cumprod[0]`.
+    pub fn final_alpha_cumprod(&self, set_alpha_to_one: bool) -> f64 {
+        if set_alpha_to_one { 1.0 } else { self.alphas_cumprod[0] }
+    }
+
+    /// The (fractional) timesteps of `sigmas` by [`sigma_to_t`] in the training log-sigma table
+    /// (the timesteps of a Karras schedule).
+    pub fn sigmas_to_timesteps(&self, sigmas: &[f64]) -> Vec<f64> {
+        let log_sigmas = log_table(&self.train_sigmas);
+        sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect()
+    }
+
+    /// The sigma appended after the last step: 0, or the smallest training sigma.
+    pub fn final_sigma(&self, final_sigmas_type: FinalSigmasType) -> f64 {
+        match final_sigmas_type {
+            FinalSigmasType::Zero => 0.0,
+            FinalSigmasType::SigmaMin => self.train_sigmas[0],
+        }
+    }
+}
 
 /// Rounds to the nearest f32 and widens back (the value a float32 torch tensor would hold).
 pub fn f32r(x: f64) -> f64 {

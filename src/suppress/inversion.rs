@@ -17,10 +17,11 @@
 
 use burn::tensor::Tensor;
 
-use super::read_f32;
+use super::{SuppressError, read_f32};
 use crate::error::Error;
 use crate::models::UNetCapture;
 use crate::pipeline::StableDiffusion;
+use crate::pipeline::denoise::guide;
 use crate::schedulers::config::{ClassOptions, PredictionType};
 use crate::schedulers::{Overrides, Scheduler, SchedulerKind, create};
 
@@ -168,7 +169,7 @@ pub async fn null_text_optimization(
     let ts = sched.timesteps().to_vec();
     let s = ts.len();
     if latents.len() != s + 1 {
-        return Err(Error::Input(format!("null-text inversion needs {} inverted latents for {s} steps, got {}", s + 1, latents.len())));
+        return Err(SuppressError::UncondSteps { given: latents.len(), steps: s + 1 }.into());
     }
     let (b1, b2, eps_adam) = (0.9f64, 0.999f64, 1e-8f64);
     let mut u = uncond;
@@ -200,10 +201,7 @@ pub async fn null_text_optimization(
         out.iterations.push(done);
         out.losses.push(last);
         // advance with the optimised embedding: one batched CFG step
-        let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], Tensor::cat(vec![u.clone(), cond.clone()], 0), &mut UNetCapture::none());
-        let mut halves = eps.chunk(2, 0).into_iter();
-        let (eu, ec) = (halves.next().expect("uncond"), halves.next().expect("cond"));
-        let eps = eu.clone() + (ec - eu) * guidance;
+        let eps = guide(sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], Tensor::cat(vec![u.clone(), cond.clone()], 0), &mut UNetCapture::none()), guidance);
         latent = sched.step(eps, i, latent, None).prev_sample;
         if !on_step(i + 1, s) {
             return Err(Error::Cancelled);

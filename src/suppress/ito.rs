@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::maps::{AttentionMaps, MapLayers, aggregate_maps, capture_maps};
+use crate::attention_maps::{AttentionMaps, MapLayers, aggregate_maps, capture_maps};
 use super::masks::token_masks;
 use super::{SuppressError, SuppressTokens, read_f32};
 use crate::models::UNet2DConditionModel;

@@ -10,28 +10,24 @@
 //! f64 after one asynchronous readback; everything in the denoising loop stays on the device,
 //! so the same code runs in the browser (WebGPU) and natively.
 
-pub mod heatmaps;
 pub mod inversion;
 pub mod ito;
-pub mod maps;
 pub mod masks;
-pub mod overlay;
 pub mod pipeline;
 pub mod real_image;
 pub mod swr;
 
-use burn::tensor::Tensor;
-
 pub use inversion::{InversionParams, NullText, ddim_invert, ddim_next_step, ddim_scheduler, encode_image, null_text_loss_and_grad, null_text_optimization};
 pub use ito::{ItoLoss, ItoTarget, LossWeights, ito_step_scale};
-pub use heatmaps::{HeatmapAccumulator, TokenHeatmaps};
-pub use maps::{AttentionMaps, Heads, MapLayers, aggregate_maps, aggregate_maps_heads, capture_maps};
+pub use crate::attention_maps::{AttentionMaps, HeatmapAccumulator, Heads, MapLayers, TokenHeatmaps, aggregate_maps, aggregate_maps_heads, capture_maps};
+pub(crate) use crate::readback::read_f32;
 pub use masks::token_masks;
 pub use pipeline::{SuppressGenerated, SuppressParams, SuppressTxt2Img, generate_suppressed};
-pub use real_image::{InvertedPhoto, PhotoEdit, edit_photo, invert_photo, photo_tensor};
+pub use crate::photos::photo_tensor;
+pub use real_image::{InvertedPhoto, PhotoEdit, edit_photo, invert_photo};
 pub use swr::{SuppressTokens, locate_words, soft_weighted_regularization, swr_host};
 
-use crate::error::{DeviceError, Error};
+use crate::error::DeviceError;
 
 /// Errors of SuppressEOT. Every message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -42,23 +38,18 @@ pub enum SuppressError {
         "the word(s) `{word}` to suppress are not in the prompt: `{word}` tokenizes to {word_tokens:?} but the prompt (as the text encoder sees it, at most 75 tokens) tokenizes to {prompt_tokens:?}. SuppressEOT removes something the prompt names: use words that appear in the prompt, spelled as there."
     )]
     WordNotInPrompt { word: String, word_tokens: Vec<String>, prompt_tokens: Vec<String> },
-    #[error("invalid suppression setting: {0}")]
-    InvalidParams(String),
+    #[error("per-step unconditional embeddings (null-text inversion) need classifier-free guidance: set the guidance above 1 (7.5 is the reference's)")]
+    UncondNeedsGuidance,
+    #[error("{given} unconditional embeddings for {steps} steps: invert the photo with the same number of steps")]
+    UncondSteps { given: usize, steps: usize },
+    #[error("unconditional embeddings must have shape {expected:?}, got {actual:?}")]
+    UncondShape { expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{scheduler} cannot continue from saved latents (it keeps state between steps); use DDIM or Euler")]
+    CannotResume { scheduler: String },
+    #[error("{done} steps done, but the run has {total}")]
+    ResumeStep { done: usize, total: usize },
+    #[error("a photo edit {0}")]
+    Edit(&'static str),
     #[error(transparent)]
     Device(#[from] DeviceError),
-}
-
-impl From<SuppressError> for Error {
-    fn from(e: SuppressError) -> Self {
-        match e {
-            SuppressError::Device(e) => Error::Device(e),
-            other => Error::Input(other.to_string()),
-        }
-    }
-}
-
-/// Reads a tensor back to the host as f32 values (asynchronously: works on WebGPU too).
-pub(crate) async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, DeviceError> {
-    let data = t.into_data_async().await.map_err(|e| DeviceError::Readback { reason: format!("{e:?}") })?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| DeviceError::Readback { reason: format!("{e:?}") })
 }

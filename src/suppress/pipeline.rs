@@ -12,16 +12,16 @@
 
 use burn::tensor::Tensor;
 
-use super::heatmaps::HeatmapAccumulator;
-use super::ito::{ItoTarget, ito_step_scale};
-use super::maps::MapLayers;
-use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
 use super::SuppressError;
-use crate::error::Error;
+use super::ito::{ItoTarget, ito_step_scale};
+use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
+use crate::attention_maps::{HeatmapAccumulator, MapLayers};
+use crate::error::{Error, InputError};
 use crate::models::UNetCapture;
+use crate::pipeline::denoise::{Denoise, guide, initial_latents, prepare_scheduler, run_to_end};
 use crate::pipeline::rng::NoiseRng;
 use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
-use crate::schedulers::{Scheduler, create};
+use crate::schedulers::Scheduler;
 
 /// SuppressEOT settings; defaults are the reference's for generated images.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,16 +56,18 @@ impl SuppressParams {
         Self { opt_scale: 5.0, ..Self::new(words) }
     }
 
-    fn check(&self) -> Result<(), SuppressError> {
-        let bad = |m: String| Err(SuppressError::InvalidParams(m));
+    /// Checks the settings (named by their field names, see [`InputError::Setting`]).
+    pub fn validate(&self) -> Result<(), InputError> {
         if !self.alpha.is_finite() || self.alpha < 0.0 {
-            return bad(format!("--suppress-alpha must be a finite number >= 0 (got {})", self.alpha));
+            return Err(InputError::setting("suppress_alpha", format!("must be a finite number >= 0 (got {})", self.alpha)));
         }
-        if !(0.0..=1.0).contains(&self.start) || !(0.0..=1.0).contains(&self.opt_end) {
-            return bad(format!("--suppress-start ({}) and --suppress-opt-end ({}) are fractions of the steps in [0, 1]", self.start, self.opt_end));
+        for (name, v) in [("suppress_start", self.start), ("suppress_opt_end", self.opt_end)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(InputError::setting(name, format!("is a fraction of the steps in [0, 1] (got {v})")));
+            }
         }
         if !self.opt_scale.is_finite() {
-            return bad(format!("--suppress-opt-scale must be finite (got {})", self.opt_scale));
+            return Err(InputError::setting("suppress_opt_scale", format!("must be finite (got {})", self.opt_scale)));
         }
         Ok(())
     }
@@ -118,22 +120,9 @@ impl SuppressTxt2Img {
     /// (typed error when absent), computes `SWR(c)`, draws (or takes) the start noise.
     /// `latents`: `[N, C, H/8, W/8]` before `init_noise_sigma` scaling, used for both branches.
     pub async fn new(sd: &StableDiffusion, p: &GenerateParams, s: &SuppressParams, latents: Option<Tensor<4>>) -> Result<Self, Error> {
-        s.check()?;
-        let f = sd.vae_scale_factor();
-        if p.width == 0 || p.height == 0 || !p.width.is_multiple_of(f) || !p.height.is_multiple_of(f) {
-            return Err(Error::Input(format!("width and height must be positive multiples of {f}, got {}x{}", p.width, p.height)));
-        }
-        if p.steps == 0 {
-            return Err(Error::Input("--steps must be at least 1".into()));
-        }
+        s.validate()?;
+        let scheduler = prepare_scheduler(sd, p)?;
         let n = p.num_images;
-        if n == 0 {
-            return Err(Error::Input("the number of images must be at least 1".into()));
-        }
-        let kind = p.scheduler.unwrap_or(sd.default_scheduler);
-        let mut scheduler = create(kind, &sd.scheduler_config, &p.overrides)?;
-        scheduler.set_timesteps(p.steps)?;
-
         let do_cfg = p.do_cfg();
         let (toks, out) = sd.prompt.encode(&[&p.negative_prompt, &p.prompt], false)?;
         let tokens = locate_words(&sd.prompt.tokenizer, &toks[1], &s.words)?;
@@ -143,18 +132,10 @@ impl SuppressTxt2Img {
         let swr = soft_weighted_regularization(c1.clone(), &tokens, s.alpha).await?.repeat_dim(0, n);
         let cond = c1.repeat_dim(0, n);
 
-        let device = sd.device();
-        let shape = [n, sd.latent_channels(), p.height / f, p.width / f];
-        let layers = MapLayers::for_unet(&sd.unet, [shape[2], shape[3]])
-            .ok_or_else(|| Error::Input("this UNet has no cross-attention in its down/up blocks: SuppressEOT cannot run on it".into()))?;
+        let [_, _, h, w] = p.latent_shape(sd);
+        let layers = MapLayers::for_unet(&sd.unet, [h, w]).ok_or(InputError::NoCrossAttention { what: "SuppressEOT" })?;
         let mut rng = NoiseRng::new(p.seed);
-        let latents = match latents {
-            Some(l) if l.dims() != shape => {
-                return Err(Error::Input(format!("latents have shape {:?} but this run needs {:?}", l.dims(), shape)));
-            }
-            Some(l) => l,
-            None => rng.randn(shape, &device),
-        };
+        let latents = initial_latents(sd, p, latents, &mut rng)?;
         let latents = Tensor::cat(vec![latents.clone(), latents], 0) * scheduler.init_noise_sigma();
         Ok(Self {
             scheduler,
@@ -227,20 +208,20 @@ impl SuppressTxt2Img {
     /// classifier-free guidance and exactly [`Self::num_steps`] embeddings.
     pub fn set_uncond_per_step(&mut self, uncond: Vec<Tensor<3>>) -> Result<(), Error> {
         let Some(u) = &self.uncond else {
-            return Err(Error::Input("per-step unconditional embeddings need classifier-free guidance (--guidance > 1)".into()));
+            return Err(SuppressError::UncondNeedsGuidance.into());
         };
         if uncond.len() != self.num_steps() {
-            return Err(Error::Input(format!("{} unconditional embeddings for {} steps: invert with the same number of steps", uncond.len(), self.num_steps())));
+            return Err(SuppressError::UncondSteps { given: uncond.len(), steps: self.num_steps() }.into());
         }
         if let Some(bad) = uncond.iter().find(|t| t.dims() != u.dims()) {
-            return Err(Error::Input(format!("unconditional embeddings must have shape {:?}, got {:?}", u.dims(), bad.dims())));
+            return Err(SuppressError::UncondShape { expected: u.dims().to_vec(), actual: bad.dims().to_vec() }.into());
         }
         self.uncond_steps = uncond;
         Ok(())
     }
 
     /// From the next step on, accumulates per-token cross-attention heatmaps of both branches
-    /// (all heads, the layers of [`Self::layers`]; see [`super::heatmaps`]). Before suppression
+    /// (all heads, the layers of [`Self::layers`]; see [`crate::attention_maps::heatmaps`]). Before suppression
     /// starts the branches share one UNet pass, so they get the same maps there.
     pub fn enable_heatmaps(&mut self) {
         self.heatmaps = Some([HeatmapAccumulator::new(self.layers.clone()), HeatmapAccumulator::new(self.layers.clone())]);
@@ -263,13 +244,13 @@ impl SuppressTxt2Img {
     /// refused.
     pub fn resume_at(&mut self, steps_done: usize, latents: Tensor<4>) -> Result<(), Error> {
         if self.scheduler.keeps_history() || self.scheduler.needs_noise() {
-            return Err(Error::Input(format!("{} cannot continue from saved latents (it keeps state between steps)", self.scheduler.name())));
+            return Err(SuppressError::CannotResume { scheduler: self.scheduler.name().to_string() }.into());
         }
         if steps_done > self.num_steps() {
-            return Err(Error::Input(format!("{steps_done} steps done, but the run has {}", self.num_steps())));
+            return Err(SuppressError::ResumeStep { done: steps_done, total: self.num_steps() }.into());
         }
         if latents.dims() != self.latents.dims() {
-            return Err(Error::Input(format!("latents must have shape {:?}, got {:?}", self.latents.dims(), latents.dims())));
+            return Err(InputError::LatentShape { expected: self.latents.dims().to_vec(), actual: latents.dims().to_vec() }.into());
         }
         self.latents = latents;
         self.step = steps_done;
@@ -280,7 +261,7 @@ impl SuppressTxt2Img {
     /// batched UNet call for both branches (and CFG), guidance, scheduler step.
     pub async fn step(&mut self, sd: &StableDiffusion) -> Result<(), Error> {
         if self.is_done() {
-            return Err(Error::Input("the run is already finished".into()));
+            return Err(InputError::Finished.into());
         }
         let (i, total, n) = (self.step, self.num_steps(), self.num_images);
         let t = self.scheduler.timesteps()[i];
@@ -313,10 +294,7 @@ impl SuppressTxt2Img {
             Some(u) => {
                 let uncond = if shared { u.clone() } else { Tensor::cat(vec![u.clone(), u.clone()], 0) };
                 let ctx = Tensor::cat(vec![uncond, cond], 0);
-                let eps = sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut capture);
-                let mut halves = eps.chunk(2, 0).into_iter();
-                let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
-                uncond.clone() + (cond - uncond) * self.guidance
+                guide(sd.unet.forward(Tensor::cat(vec![input.clone(), input], 0), &[t], ctx, &mut capture), self.guidance)
             }
             None => sd.unet.forward(input, &[t], cond, &mut capture),
         };
@@ -360,16 +338,26 @@ pub async fn generate_suppressed(
 ) -> Result<SuppressGenerated, Error> {
     let mut run = SuppressTxt2Img::new(sd, p, s, latents).await?;
     let total = run.num_steps();
-    while !run.is_done() {
-        run.step(sd).await?;
-        if !on_step(run.steps_done(), total) {
-            return Err(Error::Cancelled);
-        }
-    }
+    run_to_end(&mut run, sd, &mut |done, total, _| on_step(done, total)).await?;
     let latents = run.latents();
     let n = p.num_images;
     let images = decode_latents(sd, latents.clone());
     let original_image = images.clone().narrow(0, 0, n);
     let image = images.narrow(0, n, n);
     Ok(SuppressGenerated { image, original_image, latents, num_steps: total, tokens: run.tokens.clone() })
+}
+
+impl Denoise for SuppressTxt2Img {
+    fn num_steps(&self) -> usize {
+        SuppressTxt2Img::num_steps(self)
+    }
+    fn steps_done(&self) -> usize {
+        self.step
+    }
+    fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
+    }
+    fn step(&mut self, sd: &StableDiffusion) -> impl std::future::Future<Output = Result<(), Error>> {
+        SuppressTxt2Img::step(self, sd)
+    }
 }

@@ -7,15 +7,15 @@
 //! Stepwise use (the browser): [`invert_photo`] (progress per step), then
 //! [`SuppressTxt2Img::from_inverted`] and `step()` as for generated images.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::inversion::{InversionParams, NullText, ddim_invert, ddim_scheduler, encode_image, null_text_optimization};
 use super::pipeline::{SuppressParams, SuppressTxt2Img};
 use super::swr::SuppressTokens;
-use crate::error::Error;
+use super::SuppressError;
+use crate::error::{Error, InputError};
 use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
 use crate::schedulers::SchedulerKind;
-use crate::train::photos::PreparedPhoto;
 
 /// A photo inverted for editing.
 #[derive(Clone, Debug)]
@@ -26,25 +26,19 @@ pub struct InvertedPhoto {
     pub null_text: NullText,
 }
 
-/// `[1, 3, R, R]` pixels in [-1, 1] of a prepared photo.
-pub fn photo_tensor(photo: &PreparedPhoto, device: &Device) -> Tensor<4> {
-    let (w, h) = photo.image.dimensions();
-    Tensor::from_data(TensorData::new(photo.pixels(false), [1, 3, h as usize, w as usize]), device)
-}
-
 fn check(p: &GenerateParams, pixels: &Tensor<4>) -> Result<(), Error> {
     let [n, c, h, w] = pixels.dims();
     if n != 1 || c != 3 || h != p.height || w != p.width {
-        return Err(Error::Input(format!("the photo tensor must be [1, 3, {}, {}] (prepare it at the edit's size), got {:?}", p.height, p.width, pixels.dims())));
+        return Err(InputError::setting("size", format!("and the photo tensor must agree: [1, 3, {}, {}] wanted, got {:?} (prepare the photo at the edit's size)", p.height, p.width, pixels.dims())).into());
     }
     if p.num_images != 1 {
-        return Err(Error::Input("a photo edit makes one image: set the number of images to 1".into()));
+        return Err(InputError::setting("num_images", "must be 1: a photo edit makes one image").into());
     }
     if !p.do_cfg() {
-        return Err(Error::Input("null-text inversion needs classifier-free guidance: use --guidance > 1 (7.5 is the reference's)".into()));
+        return Err(InputError::setting("guidance", "must be above 1: null-text inversion needs classifier-free guidance (7.5 is the reference's)").into());
     }
     if !matches!(p.scheduler, None | Some(SchedulerKind::Ddim)) {
-        return Err(Error::Input(format!("photo edits use DDIM (the inversion is DDIM's), not {}", p.scheduler.map(|k| k.to_string()).unwrap_or_default())));
+        return Err(InputError::setting("scheduler", format!("must be DDIM for photo edits (the inversion is DDIM's), not {}", p.scheduler.map(|k| k.to_string()).unwrap_or_default())).into());
     }
     Ok(())
 }
@@ -77,7 +71,7 @@ impl SuppressTxt2Img {
     pub async fn from_inverted(sd: &StableDiffusion, p: &GenerateParams, s: &SuppressParams, inverted: &InvertedPhoto) -> Result<Self, Error> {
         let mut p = p.clone();
         p.scheduler = Some(SchedulerKind::Ddim);
-        let start = inverted.latents.last().cloned().ok_or_else(|| Error::Input("the inverted photo has no latents".into()))?;
+        let start = inverted.latents.last().cloned().ok_or(SuppressError::Edit("needs the inverted latents: the inverted photo has none"))?;
         let mut run = Self::new(sd, &p, s, Some(start)).await?;
         run.set_uncond_per_step(inverted.null_text.uncond.clone())?;
         Ok(run)

@@ -14,6 +14,7 @@
 //! is a native convenience.
 
 mod added;
+mod tokenized;
 mod bpe;
 mod error;
 mod files;
@@ -23,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 pub use added::AddedToken;
+pub use tokenized::Tokenized;
 pub use error::TokenizerError;
 pub use files::TokenizerFiles;
 

@@ -10,7 +10,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::Batch;
-use super::photos::{PhotoError, PreparedPhoto};
+use crate::photos::{PhotoError, PreparedPhoto};
 use crate::models::AutoencoderKL;
 use crate::pipeline::NoiseRng;
 

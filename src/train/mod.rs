@@ -15,7 +15,6 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod data;
-pub mod photos;
 pub mod session;
 pub mod step;
 
@@ -26,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use adamw::{AdamW, AdamWConfig, AdamWState, LrSchedule};
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointInfo};
 pub use data::{CachedLatent, LatentCache, SampleInfo, SamplerConfig, sample_batch};
-pub use photos::{PhotoError, PreparedPhoto, prepare_photo};
+pub use crate::photos::{PhotoError, PreparedPhoto, prepare_photo};
 pub use session::{DataSource, ReplayData, Rollback, RunConfig, StepLog, TrainingRun};
 pub use step::{Batch, diffusion_loss, diffusion_loss_checkpointed, text_encoder_from_embeddings, token_embeddings};
 
@@ -70,16 +69,6 @@ pub enum TrainError {
     Diverged { reason: String, step: u64, rollbacks: u32 },
 }
 
-impl From<TrainError> for Error {
-    fn from(e: TrainError) -> Self {
-        match e {
-            TrainError::Tokenizer(e) => Error::Tokenizer(e),
-            TrainError::Scheduler(e) => Error::Scheduler(e),
-            TrainError::Device(e) => Error::Device(e),
-            other => Error::Input(other.to_string()),
-        }
-    }
-}
 
 /// Optimisation settings. Defaults: the paper's / AUTOMATIC1111's lr 5e-3, AdamW (0.9, 0.999,
 /// eps 1e-8, weight decay 1e-2), no accumulation, constant lr.

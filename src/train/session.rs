@@ -250,6 +250,11 @@ impl TrainingRun {
         self.micro_batches
     }
 
+    /// The run-level settings.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
     pub fn lr_scale(&self) -> f64 {
         self.lr_scale
     }

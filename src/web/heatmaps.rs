@@ -1,6 +1,6 @@
 //! Per-token attention heatmaps for the browser (the CLI's `--attention-maps`, see
 //! `src/bin/pseudoword/heatmaps.rs`): each accumulated branch is read back once after the run
-//! and every prompt token's map is drawn over that branch's image ([`crate::suppress::overlay`])
+//! and every prompt token's map is drawn over that branch's image ([`crate::attention_maps::overlay`])
 //! and PNG-encoded, so the page can show one strip per branch (before / after suppression).
 
 use js_sys::{Array, Object, Uint8Array};
@@ -9,8 +9,8 @@ use wasm_bindgen::prelude::*;
 use super::{js_err, set};
 use crate::pipeline::Tokenized;
 use crate::pipeline::png_out::{encode_png, to_rgb8};
-use crate::suppress::HeatmapAccumulator;
-use crate::suppress::overlay::overlay;
+use crate::attention_maps::HeatmapAccumulator;
+use crate::attention_maps::overlay::overlay;
 
 /// One branch to draw: its name (`"image"`, `"original"`, `"suppressed"`), its accumulated
 /// maps, and its image (`[H, W, 3]` in [0, 1]).

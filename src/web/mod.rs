@@ -13,16 +13,13 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::Blob;
 
 use crate::error::{ConfigError, Error, WeightsError};
-use crate::loader::{load_text_encoder, load_unet, load_vae, unet_sample_size};
+use crate::loader::{LoadOptions, LoadProgress, Loaded};
 use crate::pipeline::{PromptEncoder, StableDiffusion};
-use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::weights::ByteSource;
 
 mod generate;
 mod heatmaps;
-mod single_file;
 mod train;
-use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
-use crate::weights::{ByteSource, WeightStorage};
 
 thread_local! {
     /// The WebGPU device, initialised once per worker (burn's runtime cannot be re-initialised).
@@ -34,28 +31,15 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A `Blob` (or `File`) read by byte ranges. With a cancel flag (a JS object whose `cancelled`
-/// the worker sets when the user cancels a load), reads after it is set fail, so a load stops
-/// at the next tensor.
+/// A `Blob` (or `File`) read by byte ranges.
 pub struct BlobSource {
     name: String,
     blob: Blob,
-    cancel: Option<JsValue>,
 }
 
 impl BlobSource {
     pub fn new(name: impl Into<String>, blob: Blob) -> Self {
-        Self { name: name.into(), blob, cancel: None }
-    }
-
-    /// This source with the cancel flag `files.__cancel` (if the worker passed one).
-    pub fn cancellable(mut self, files: &Object) -> Self {
-        self.cancel = Reflect::get(files, &JsValue::from_str("__cancel")).ok().filter(|v| v.is_object());
-        self
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancel.as_ref().and_then(|c| Reflect::get(c, &JsValue::from_str("cancelled")).ok()).is_some_and(|v| v.is_truthy())
+        Self { name: name.into(), blob }
     }
 }
 
@@ -67,9 +51,6 @@ impl ByteSource for BlobSource {
         self.blob.size() as u64
     }
     async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, WeightsError> {
-        if self.cancelled() {
-            return Err(WeightsError::Io { file: self.name.clone(), reason: "loading was cancelled".into() });
-        }
         let io = |e: JsValue| WeightsError::Io { file: self.name.clone(), reason: format!("{e:?}") };
         let slice = self.blob.slice_with_f64_and_f64(offset as f64, (offset + len as u64) as f64).map_err(io)?;
         let buf = JsFuture::from(slice.array_buffer()).await.map_err(io)?;
@@ -97,30 +78,33 @@ async fn device() -> Result<Device, JsValue> {
     Ok(d)
 }
 
-fn get_blob(files: &Object, key: &str) -> Option<Blob> {
-    Reflect::get(files, &JsValue::from_str(key)).ok().and_then(|v| v.dyn_into::<Blob>().ok())
+/// A model's files as the page hands them over: relative paths (`unet/config.json`, a single
+/// file's name) mapped to `Blob`s (see [`crate::loader::ModelFiles`]).
+pub struct BlobFiles(Object);
+
+impl BlobFiles {
+    fn blob(&self, path: &str) -> Option<Blob> {
+        Reflect::get(&self.0, &JsValue::from_str(path)).ok().and_then(|v| v.dyn_into::<Blob>().ok())
+    }
 }
 
-async fn blob_text(files: &Object, key: &str, required: bool) -> Result<Option<String>, JsValue> {
-    let Some(blob) = get_blob(files, key) else {
-        return if required {
-            Err(js_err(ConfigError::Io { file: key.into(), reason: "missing from the model folder".into() }))
-        } else {
-            Ok(None)
-        };
-    };
-    let text = JsFuture::from(blob.text()).await?;
-    Ok(text.as_string())
+impl crate::loader::ModelFiles for BlobFiles {
+    type Source = BlobSource;
+    fn open(&self, path: &str) -> Result<Option<BlobSource>, Error> {
+        Ok(self.blob(path).map(|b| BlobSource::new(path, b)))
+    }
+    async fn read_text(&self, path: &str) -> Result<Option<String>, Error> {
+        let Some(blob) = self.blob(path) else { return Ok(None) };
+        let text = JsFuture::from(blob.text()).await.map_err(|e| ConfigError::Io { file: path.into(), reason: format!("{e:?}") })?;
+        Ok(text.as_string())
+    }
+    fn display(&self, path: &str) -> String {
+        path.to_string()
+    }
 }
 
 pub(crate) fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
     let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
-}
-
-/// What a session has loaded: the text side only, or the whole pipeline.
-enum Loaded {
-    Text(PromptEncoder),
-    Full(Box<StableDiffusion>),
 }
 
 /// One loaded model on the WebGPU device.
@@ -135,10 +119,7 @@ pub struct Session {
 
 impl Session {
     fn encoder(&self) -> Ref<'_, PromptEncoder> {
-        Ref::map(self.loaded.borrow(), |l| match l {
-            Loaded::Text(e) => e,
-            Loaded::Full(sd) => &sd.prompt,
-        })
+        Ref::map(self.loaded.borrow(), Loaded::prompt)
     }
 
     fn sd(&self) -> Result<Ref<'_, StableDiffusion>, JsValue> {
@@ -152,110 +133,36 @@ impl Session {
     /// The prompt encoder for adding tokens; fails while a generation holds the model.
     fn encoder_mut(&self) -> Result<std::cell::RefMut<'_, PromptEncoder>, JsValue> {
         let l = self.loaded.try_borrow_mut().map_err(|_| js_err("the model is busy (a generation is running); try again when it has finished"))?;
-        Ok(std::cell::RefMut::map(l, |l| match l {
-            Loaded::Text(e) => e,
-            Loaded::Full(sd) => &mut sd.prompt,
-        }))
+        Ok(std::cell::RefMut::map(l, Loaded::prompt_mut))
     }
-}
-
-impl Session {
-    /// A diffusers folder (`files` maps its relative paths to Blobs): the text encoder, and the
-    /// UNet, VAE and scheduler when `unet/config.json` is there. Returns what was loaded, the text
-    /// encoder's config, its weights file and their dtype.
-    async fn load_folder(
-        files: &Object,
-        tok_files: TokenizerFiles,
-        device: &Device,
-        storage: WeightStorage,
-        progress_for: &dyn Fn(&'static str) -> Box<dyn FnMut(usize, usize, &str)>,
-    ) -> Result<(Loaded, crate::models::CLIPTextConfig, String, String), JsValue> {
-        let tokenizer = ClipTokenizer::from_files(&tok_files).map_err(js_err)?;
-        let config = blob_text(files, "text_encoder/config.json", true).await?.unwrap_or_default();
-        let source = weights_source(files, "text_encoder/", &["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"])?;
-        let weights_key = source.name().to_string();
-        let header = crate::weights::SafetensorsHeader::read(&source).await.map_err(js_err)?;
-        let dtype = header.tensors.values().next().map(|e| e.dtype_name.clone()).unwrap_or_default();
-        let model = load_text_encoder(&config, "text_encoder/config.json", &source, device, storage, &mut progress_for("text_encoder"))
-            .await
-            .map_err(|e: Error| js_err(e))?;
-        let cfg = crate::models::CLIPTextConfig::from_json(&config, "text_encoder/config.json").map_err(js_err)?;
-        let prompt = PromptEncoder::new(tokenizer, model);
-        let loaded = if get_blob(files, "unet/config.json").is_some() {
-            let unet_config = blob_text(files, "unet/config.json", true).await?.unwrap_or_default();
-            let unet_src = weights_source(files, "unet/", &["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"])?;
-            let unet = load_unet(&unet_config, "unet/config.json", &unet_src, device, storage, &mut progress_for("unet")).await.map_err(js_err)?;
-            let vae_config = blob_text(files, "vae/config.json", true).await?.unwrap_or_default();
-            let vae_src = weights_source(files, "vae/", &["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])?;
-            let vae = load_vae(&vae_config, "vae/config.json", &vae_src, device, storage, &mut progress_for("vae")).await.map_err(js_err)?;
-            let sched_text = blob_text(files, "scheduler/scheduler_config.json", true).await?.unwrap_or_default();
-            let scheduler_config = SchedulerConfig::from_json(&sched_text, "scheduler/scheduler_config.json").map_err(js_err)?;
-            let default_scheduler = SchedulerKind::from_config(&scheduler_config).map_err(js_err)?;
-            let name = Reflect::get(files, &JsValue::from_str("__name")).ok().and_then(|v| v.as_string()).unwrap_or_else(|| "model".into());
-            let sample_size = unet_sample_size(&unet_config);
-            Loaded::Full(Box::new(StableDiffusion { prompt, unet, vae, scheduler_config, default_scheduler, name, sample_size }))
-        } else {
-            Loaded::Text(prompt)
-        };
-        Ok((loaded, cfg, weights_key, dtype))
-    }
-}
-
-/// The first of `candidates` present in `files`, as a byte source.
-fn weights_source(files: &Object, dir: &str, candidates: &[&str]) -> Result<BlobSource, JsValue> {
-    candidates
-        .iter()
-        .find_map(|k| get_blob(files, k).map(|b| BlobSource::new(*k, b).cancellable(files)))
-        .ok_or_else(|| js_err(WeightsError::NoWeightsFile { dir: dir.into(), tried: candidates.iter().map(|s| s.to_string()).collect() }))
 }
 
 #[wasm_bindgen]
 impl Session {
-    /// Loads a model from `files`: an object mapping paths relative to the model folder
-    /// (`tokenizer/vocab.json`, `text_encoder/model.safetensors`, ...) to Blobs, or, for a
-    /// single-file (original LDM) checkpoint, `__single_file` (its Blob), `__single_file_name`,
-    /// the tokenizer files and optionally configs and `__prediction_type` (see `single_file`).
-    /// `on_progress({stage, loaded, total, key})` is called after each tensor.
-    pub async fn load(files: Object, on_progress: Function) -> Result<Session, JsValue> {
+    /// Loads a model through [`crate::loader::load`]: `files` maps paths relative to the model
+    /// folder (`tokenizer/vocab.json`, `text_encoder/model.safetensors`, ..., or a single file's
+    /// name with any picked configs and the tokenizer files) to Blobs; `options` is a
+    /// [`LoadOptions`] object (`{name, storage, variant, single_file, prediction_type}`).
+    /// `on_progress({stage, loaded, total, key})` is called after each tensor; when it returns
+    /// `false` the load stops before the next tensor and rejects with `cancelled`.
+    pub async fn load(files: Object, options: JsValue, on_progress: Function) -> Result<Session, JsValue> {
         let t0 = js_sys::Date::now();
         let device = device().await?;
-        let storage = match Reflect::get(&files, &JsValue::from_str("__storage")).ok().and_then(|v| v.as_string()).as_deref() {
-            Some("f16") => WeightStorage::F16,
-            _ => WeightStorage::F32,
+        let opts: LoadOptions = if options.is_undefined() || options.is_null() { LoadOptions::default() } else { serde_wasm_bindgen::from_value(options).map_err(js_err)? };
+        let mut progress = |p: LoadProgress<'_>| {
+            let o = Object::new();
+            set(&o, "stage", p.stage);
+            set(&o, "loaded", p.loaded as f64);
+            set(&o, "total", p.total as f64);
+            set(&o, "key", p.key);
+            on_progress.call1(&JsValue::NULL, &o).map_or(true, |v| v.as_bool() != Some(false))
         };
-        let tok_files = TokenizerFiles {
-            vocab_json: blob_text(&files, "tokenizer/vocab.json", true).await?.unwrap_or_default(),
-            merges_txt: blob_text(&files, "tokenizer/merges.txt", true).await?.unwrap_or_default(),
-            tokenizer_config_json: blob_text(&files, "tokenizer/tokenizer_config.json", false).await?,
-            special_tokens_map_json: blob_text(&files, "tokenizer/special_tokens_map.json", false).await?,
-        };
-        let progress_for = |stage: &'static str| -> Box<dyn FnMut(usize, usize, &str)> {
-            let on_progress = on_progress.clone();
-            Box::new(move |done: usize, total: usize, key: &str| {
-                let o = Object::new();
-                set(&o, "stage", stage);
-                set(&o, "loaded", done as f64);
-                set(&o, "total", total as f64);
-                set(&o, "key", key);
-                let _ = on_progress.call1(&JsValue::NULL, &o);
-            })
-        };
-        let (loaded, cfg, weights_key, dtype) = if let Some(blob) = get_blob(&files, single_file::SINGLE_FILE_KEY) {
-            // a single-file (original LDM) checkpoint, converted while loading
-            let name = Reflect::get(&files, &JsValue::from_str("__single_file_name")).ok().and_then(|v| v.as_string()).unwrap_or_else(|| "checkpoint.safetensors".into());
-            let source = BlobSource::new(name.clone(), blob).cancellable(&files);
-            let (mut sd, cfg, dtype) = single_file::load(&files, &source, tok_files, &device, storage, &progress_for).await?;
-            if let Some(n) = Reflect::get(&files, &JsValue::from_str("__name")).ok().and_then(|v| v.as_string()) {
-                sd.name = n;
-            }
-            (Loaded::Full(Box::new(sd)), cfg, name, dtype)
-        } else {
-            Self::load_folder(&files, tok_files, &device, storage, &progress_for).await?
-        };
+        let (loaded, report) = crate::loader::load(&BlobFiles(files), &opts, &device, &mut progress).await.map_err(js_err)?;
         let (can_generate, default_size, default_scheduler) = match &loaded {
             Loaded::Full(sd) => (true, sd.default_size(), sd.default_scheduler.cli_name()),
             Loaded::Text(_) => (false, 0, ""),
         };
+        let cfg = &report.text_config;
         let info = serde_json::json!({
             "can_generate": can_generate,
             "default_size": default_size,
@@ -266,9 +173,9 @@ impl Session {
             "num_heads": cfg.num_attention_heads,
             "vocab_size": cfg.vocab_size,
             "hidden_act": cfg.hidden_act,
-            "weights_file": weights_key,
-            "weights_dtype": dtype,
-            "weights_storage": format!("{storage:?}").to_lowercase(),
+            "weights_file": report.weights_file,
+            "weights_dtype": report.weights_dtype,
+            "weights_storage": format!("{:?}", opts.storage).to_lowercase(),
             "load_ms": js_sys::Date::now() - t0,
         });
         Ok(Session { loaded: RefCell::new(loaded), info, running: RefCell::new(None), training: RefCell::new(None) })
@@ -311,3 +218,27 @@ impl Session {
     }
 }
 
+
+/// Every job's default settings (`{generate, suppress, edit, train, ...}`, the library's
+/// `Default`s, see [`crate::jobs::defaults_json`]): the page fills its fields from these.
+#[wasm_bindgen]
+pub fn settings_defaults() -> Result<JsValue, JsValue> {
+    crate::jobs::defaults_json().serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+}
+
+/// Bytes in use and reserved in the device's memory pool (`{in_use, reserved}`), or null where
+/// the backend does not report them: what the page shows, and what tests read before and after
+/// a cancelled run.
+#[wasm_bindgen]
+pub async fn memory_usage() -> Result<JsValue, JsValue> {
+    let d = device().await?;
+    Ok(match d.memory_pool_usage() {
+        Some(u) => {
+            let o = Object::new();
+            set(&o, "in_use", u.bytes_in_use as f64);
+            set(&o, "reserved", u.bytes_reserved as f64);
+            o.into()
+        }
+        None => JsValue::NULL,
+    })
+}

@@ -7,71 +7,20 @@
 //! The trainer works on a clone of the loaded model (device tensors are shared, not copied).
 
 use js_sys::{Array, Object, Uint8Array};
-use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use super::{Session, js_err, set};
 use crate::embedding_files::{A1111Meta, EmbeddingFormat, read_embedding, read_embedding_with_meta, write_embedding};
-use crate::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
-use crate::pipeline::{GenerateParams, Txt2Img, decode_latents};
-use crate::train::{
-    AdamWConfig, Checkpoint, DataSource, LatentCache, LrSchedule, OBJECT_TEMPLATES, RunConfig, STYLE_TEMPLATES, SamplerConfig,
-    TextualInversionTrainer, TrainConfig, TrainingRun, prepare_photo,
-};
-
-/// Training settings from JS; absent fields take the CLI's defaults.
-#[derive(Deserialize, serde::Serialize, Clone)]
-struct JsTrainParams {
-    token: String,
-    init_word: String,
-    #[serde(default = "one")]
-    vectors: usize,
-    #[serde(default)]
-    templates: Option<String>,
-    #[serde(default = "default_steps")]
-    steps: u64,
-    #[serde(default = "default_lr")]
-    lr: f64,
-    #[serde(default)]
-    warmup: usize,
-    #[serde(default = "default_wd")]
-    weight_decay: f64,
-    resolution: Option<u32>,
-    #[serde(default = "default_flip")]
-    flip_p: f64,
-    #[serde(default = "one")]
-    batch: usize,
-    #[serde(default = "one")]
-    grad_accum: usize,
-    #[serde(default)]
-    seed: u64,
-    #[serde(default = "default_every")]
-    checkpoint_every: u64,
-}
-
-fn one() -> usize {
-    1
-}
-fn default_steps() -> u64 {
-    3000
-}
-fn default_lr() -> f64 {
-    5e-3
-}
-fn default_wd() -> f64 {
-    1e-2
-}
-fn default_flip() -> f64 {
-    0.5
-}
-fn default_every() -> u64 {
-    25
-}
+use crate::jobs::{StartedTraining, TrainData, TrainSettings, start_training, training_preview};
+use crate::pipeline::png_out::{encode_png, to_rgb8};
+use crate::readback::read_f32;
+use crate::train::{Checkpoint, TrainingRun, prepare_photo};
 
 pub(super) struct Training {
     /// `None` while a step is in flight (taken out so no borrow lives across an await).
     run: Option<TrainingRun>,
-    params: JsTrainParams,
+    params: TrainSettings,
+    steps: u64,
     model_name: String,
     resolution: u32,
     /// First template filled with the placeholder string: the preview prompt.
@@ -98,52 +47,27 @@ impl Session {
     /// Starts (or, with `checkpoint` bytes, resumes) training on `photos` (`Uint8Array`s with
     /// `names`). Returns `{steps, step, tokens, resolution, photos}`.
     pub async fn start_training(&self, params: JsValue, photos: Array, names: Array, checkpoint: Option<Uint8Array>) -> Result<JsValue, JsValue> {
-        let p: JsTrainParams = serde_wasm_bindgen::from_value(params).map_err(js_err)?;
-        if p.batch == 0 || p.grad_accum == 0 || p.steps == 0 {
-            return Err(js_err("steps, batch and gradient accumulation must be at least 1"));
-        }
+        let p: TrainSettings = serde_wasm_bindgen::from_value(params).map_err(js_err)?;
+        p.validate().map_err(js_err)?;
         let ck = checkpoint.map(|c| Checkpoint::from_bytes(&c.to_vec(), "autosave")).transpose().map_err(js_err)?;
         let sd = self.sd()?.clone();
-        let resolution = p.resolution.unwrap_or(sd.default_size() as u32);
+        let resolution = p.resolution(&sd);
         let mut prepared = Vec::new();
         for (i, bytes) in photos.iter().enumerate() {
             let name = names.get(i as u32).as_string().unwrap_or_else(|| format!("photo {}", i + 1));
             let bytes = bytes.dyn_into::<Uint8Array>().map_err(|_| js_err(format!("{name}: not a byte array")))?.to_vec();
             prepared.push(prepare_photo(&bytes, &name, resolution).map_err(js_err)?);
         }
+        let n_photos = prepared.len();
         let model_name = sd.name.clone();
-        let config = TrainConfig {
-            learning_rate: p.lr,
-            adamw: AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() },
-            gradient_accumulation_steps: p.grad_accum,
-            lr_schedule: if p.warmup > 0 { LrSchedule::ConstantWithWarmup { warmup_steps: p.warmup } } else { LrSchedule::Constant },
-            gradient_checkpointing: true,
-        };
-        let trainer = TextualInversionTrainer::new(sd, &p.token, &p.init_word, p.vectors, config).await.map_err(js_err)?;
-        let cache = LatentCache::encode(&trainer.model().vae, &prepared, p.flip_p > 0.0).map_err(js_err)?;
-        let templates = if p.templates.as_deref() == Some("style") { STYLE_TEMPLATES } else { OBJECT_TEMPLATES };
-        let sampler = SamplerConfig {
-            seed: p.seed,
-            templates: templates.iter().map(|s| s.to_string()).collect(),
-            placeholder_string: trainer.placeholder_string(),
-            batch_size: p.batch,
-            flip_p: p.flip_p,
-            num_train_timesteps: trainer.num_train_timesteps(),
-        };
-        let settings = serde_json::to_value(&p).map_err(js_err)?;
-        let run_config = RunConfig { checkpoint_every: p.checkpoint_every, settings, ..RunConfig::default() };
-        let mut run = TrainingRun::new(trainer, DataSource::Sampled { cache, sampler }, run_config);
-        if let Some(ck) = ck {
-            run.resume(ck).map_err(js_err)?;
-        }
+        let StartedTraining { run, steps, preview_prompt } = start_training(sd, &p, TrainData::Photos(prepared), ck, serde_json::Value::Null).await.map_err(js_err)?;
         let o = Object::new();
-        set(&o, "steps", p.steps as f64);
+        set(&o, "steps", steps as f64);
         set(&o, "step", run.step_count() as f64);
         set(&o, "tokens", run.trainer.placeholder_tokens().iter().map(|t| JsValue::from_str(t)).collect::<Array>());
         set(&o, "resolution", resolution as f64);
-        set(&o, "photos", prepared.len() as f64);
-        let preview_prompt = templates[0].replace("{}", &run.trainer.placeholder_string());
-        *self.training.borrow_mut() = Some(Training { run: Some(run), params: p, model_name, resolution, preview_prompt });
+        set(&o, "photos", n_photos as f64);
+        *self.training.borrow_mut() = Some(Training { run: Some(run), params: p, steps, model_name, resolution, preview_prompt });
         Ok(o.into())
     }
 
@@ -159,7 +83,7 @@ impl Session {
         let steps = {
             let mut t = self.training.borrow_mut();
             let t = t.as_mut().ok_or_else(|| js_err("training was cancelled"))?;
-            let steps = t.params.steps;
+            let steps = t.steps;
             t.run = Some(run);
             steps
         };
@@ -174,42 +98,17 @@ impl Session {
     /// A preview of the current embedding: the first template with the token, `steps` denoising
     /// steps at the training resolution, fixed `seed`. Returns PNG bytes (A1111 parameters).
     pub async fn training_preview(&self, steps: usize, seed: f64) -> Result<Uint8Array, JsValue> {
-        let (sd, prompt, size) = {
+        let (image, params) = {
             let mut t = self.training.borrow_mut();
             let t = t.as_mut().ok_or_else(|| js_err("no training is running"))?;
+            let (prompt, size) = (t.preview_prompt.clone(), t.resolution as usize);
             let run = t.run.as_mut().ok_or_else(|| js_err("a training step is running"))?;
-            run.trainer.write_rows_to_text_encoder();
-            (run.trainer.model().clone(), t.preview_prompt.clone(), t.resolution as usize)
+            training_preview(run, &prompt, size, steps, seed as u64).map_err(js_err)?
         };
-        let mut p = GenerateParams::new(prompt, &sd);
-        p.steps = steps.max(1);
-        p.seed = seed as u64;
-        p.width = size;
-        p.height = size;
-        let mut job = Txt2Img::new(&sd, &p, None).map_err(js_err)?;
-        while !job.is_done() {
-            job.step(&sd).map_err(js_err)?;
-        }
-        let image = decode_latents(&sd, job.latents());
         let [_, h, w, _] = image.dims();
-        let data = image.into_data_async().await.map_err(|e| js_err(format!("readback failed: {e:?}")))?;
-        let values: Vec<f32> = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js_err(format!("{e:?}")))?;
-        let kind = sd.default_scheduler;
-        let text = A1111Parameters {
-            prompt: p.prompt.clone(),
-            negative_prompt: String::new(),
-            steps: p.steps,
-            sampler: a1111_sampler(kind).into(),
-            cfg_scale: p.guidance,
-            seed: p.seed,
-            width: w,
-            height: h,
-            model: sd.name.clone(),
-            extra: vec![],
-        }
-        .to_text();
+        let values = read_f32(image).await.map_err(js_err)?;
         let mut png = Vec::new();
-        encode_png(&to_rgb8(&values[..h * w * 3]), w, h, &text, &mut png).map_err(js_err)?;
+        encode_png(&to_rgb8(&values[..h * w * 3]), w, h, &params.to_text(), &mut png).map_err(js_err)?;
         Ok(Uint8Array::from(png.as_slice()))
     }
 

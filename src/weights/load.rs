@@ -105,7 +105,8 @@ pub async fn read_tensor_f32<S: ByteSource>(source: &S, entry: &TensorEntry) -> 
 /// Loads the parameters `specs` of `model` (a type name, for key rules and messages) from
 /// `source`: checks that every expected key exists with the expected shape and a float dtype,
 /// that the file has no unexpected keys, then reads and uploads the tensors one at a time in file
-/// order. `progress(done, total, key)` is called after each tensor.
+/// order. `progress(done, total, key)` is called after each tensor; when it returns `false` the
+/// load stops there with [`WeightsError::Cancelled`].
 pub async fn load_params<S: ByteSource>(
     source: &S,
     header: &SafetensorsHeader,
@@ -113,7 +114,7 @@ pub async fn load_params<S: ByteSource>(
     specs: &[ParamSpec],
     device: &Device,
     storage: WeightStorage,
-    progress: &mut dyn FnMut(usize, usize, &str),
+    progress: &mut dyn FnMut(usize, usize, &str) -> bool,
 ) -> Result<TensorMap, WeightsError> {
     let file = header.file.clone();
     // canonical key -> file entry
@@ -178,7 +179,9 @@ pub async fn load_params<S: ByteSource>(
             Tensor::<1>::from_data(TensorData::new(values, [n]), device)
         };
         tensors.insert(spec.key.clone(), (t, spec.shape.clone()));
-        progress(i + 1, total, &spec.key);
+        if !progress(i + 1, total, &spec.key) {
+            return Err(WeightsError::Cancelled);
+        }
     }
     Ok(TensorMap { file, tensors })
 }

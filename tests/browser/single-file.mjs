@@ -78,7 +78,8 @@ async function unitChecks(m, ldmPath) {
   assert.notEqual(m.cacheKey(hf, "single"), m.cacheKey(hf, "fp16"));
   const f = (rel, name = path.basename(rel)) => new File([readFileSync(rel)], name);
   const mapped = await m.mapPickedFiles([f(ldmPath)]);
-  assert.deepEqual(Object.keys(mapped), [m.SINGLE_FILE], "an LDM .safetensors is recognised as a single-file checkpoint");
+  assert.deepEqual(Object.keys(mapped), [path.basename(ldmPath)], "an LDM .safetensors is recognised as a single-file checkpoint, kept under its file name");
+  assert.equal(m.singleFileKey(mapped), path.basename(ldmPath), "singleFileKey names it");
   assert.deepEqual(m.selectFiles(mapped, "fp32").missing, [], "nothing else is required");
   await assert.rejects(m.mapPickedFiles([f(ldmPath), f(ldmPath, "other.safetensors")]), /one single-file checkpoint at a time/);
 }

@@ -5,14 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use pseudoword::error::Error;
+use pseudoword::error::{Error, InputError};
+use pseudoword::jobs::{EditSettings, Generation, SuppressSettings};
 use pseudoword::native::select_device;
-use pseudoword::pipeline::GenerateParams;
 use pseudoword::pipeline::png_out::{A1111Parameters, encode_png, to_rgb8};
-use pseudoword::schedulers::SchedulerKind;
-use pseudoword::pipeline::decode_latents;
-use pseudoword::suppress::{InversionParams, PhotoEdit, SuppressTxt2Img, invert_photo, locate_words, photo_tensor};
-use pseudoword::train::photos::prepare_photo;
+use pseudoword::pipeline::run_to_end;
 use safetensors::Dtype;
 
 use crate::{Common, add_embeddings, f32_bytes, read_f32, write_safetensors};
@@ -24,25 +21,8 @@ pub struct EditArgs {
     /// The photo (JPEG, PNG or WebP): centre-cropped and resized to the model's native size.
     #[arg(long)]
     pub image: PathBuf,
-    /// A prompt describing the photo, containing the words to suppress.
-    #[arg(long)]
-    pub prompt: String,
-    /// Starting point of null-text inversion (the reference: empty).
-    #[arg(long, default_value = "")]
-    pub negative_prompt: String,
-    /// DDIM steps (inversion and edit).
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Square size in pixels the photo is cropped and resized to (a multiple of 8; default: the
-    /// model's native size, e.g. 512 for SD 1.5).
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// Classifier-free guidance scale (> 1).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
-    /// Adam iterations per step of null-text inversion (at most; it stops early when close).
-    #[arg(long, default_value_t = 10)]
-    pub null_text_iters: usize,
+    #[command(flatten)]
+    pub settings: EditSettings,
     /// Output PNG of the edit; the reconstruction goes to NAME-reconstruction.png.
     #[arg(long)]
     pub out: PathBuf,
@@ -55,37 +35,23 @@ pub struct EditArgs {
     #[arg(long, value_name = "DIR")]
     pub attention_maps: Option<PathBuf>,
     #[command(flatten)]
-    pub suppress: crate::suppress::GenerateSuppress,
+    pub suppress: SuppressSettings,
 }
 
 fn write_png(path: &Path, image: &[f32], w: usize, h: usize, params: &A1111Parameters) -> Result<(), Error> {
-    let file = std::fs::File::create(path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-    encode_png(&to_rgb8(image), w, h, &params.to_text(), std::io::BufWriter::new(file))
-        .map_err(|e| Error::Input(format!("cannot encode {}: {e}", path.display())))
+    let file = std::fs::File::create(path).map_err(|e| InputError::file("write", path.display(), e))?;
+    encode_png(&to_rgb8(image), w, h, &params.to_text(), std::io::BufWriter::new(file)).map_err(|e| InputError::file("encode", path.display(), e).into())
 }
 
 pub fn run(a: EditArgs) -> Result<(), Error> {
-    let s = a
-        .suppress
-        .params_with_scale(5.0)
-        .ok_or_else(|| Error::Input("`edit` suppresses words of the prompt: give them with --suppress WORDS (e.g. --suppress glasses)".into()))?;
-    let bytes = std::fs::read(&a.image).map_err(|e| Error::Input(format!("cannot read the photo {}: {e}", a.image.display())))?;
+    if a.suppress.suppress.is_none() {
+        return Err(InputError::setting("suppress", "is needed: `edit` suppresses words of the prompt (e.g. glasses)").into());
+    }
+    let bytes = std::fs::read(&a.image).map_err(|e| InputError::file("read the photo", a.image.display(), e))?;
     let (device, device_name) = select_device(a.common.device)?;
     let mut sd = a.common.load(None, None, &device)?;
     add_embeddings(&mut sd.prompt, &a.common.embeddings)?;
-    let size = a.size.unwrap_or_else(|| sd.default_size());
-    if size == 0 || size % 8 != 0 {
-        return Err(Error::Input(format!("--size must be a positive multiple of 8 (got {size})")));
-    }
     let name = a.image.file_name().and_then(|n| n.to_str()).unwrap_or("photo");
-    let photo = prepare_photo(&bytes, name, size as u32)?;
-    let mut p = GenerateParams::new(a.prompt.clone(), &sd);
-    p.negative_prompt = a.negative_prompt.clone();
-    p.steps = a.steps;
-    p.guidance = a.guidance;
-    (p.width, p.height) = (size, size);
-    p.scheduler = Some(SchedulerKind::Ddim);
-    let inv = InversionParams { null_text_iters: a.null_text_iters, ..InversionParams::default() };
     let t0 = std::time::Instant::now();
     let mut last = std::time::Instant::now();
     let mut on_step = |phase: &str, done: usize, total: usize| {
@@ -93,67 +59,38 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
         last = std::time::Instant::now();
         true
     };
-    let maps_wanted = a.attention_maps.is_some();
-    let (r, heatmaps) = pollster::block_on(async {
-        let toks = sd.prompt.tokenize(&p.prompt);
-        locate_words(&sd.prompt.tokenizer, &toks, &s.words)?;
-        let inverted = invert_photo(&sd, photo_tensor(&photo, &device), &p, &inv, &mut |d, t| on_step("inversion", d, t)).await?;
-        let mut run = SuppressTxt2Img::from_inverted(&sd, &p, &s, &inverted).await?;
-        if maps_wanted {
-            run.enable_heatmaps();
-        }
-        let total = run.num_steps();
-        while !run.is_done() {
-            run.step(&sd).await?;
-            on_step("edit", run.steps_done(), total);
-        }
-        let images = decode_latents(&sd, run.latents());
-        let heatmaps = run.heatmaps().map(|(o, s)| (o.clone(), s.clone()));
-        let edit = PhotoEdit {
-            image: images.clone().narrow(0, 1, 1),
-            reconstruction: images.narrow(0, 0, 1),
-            latents: run.latents(),
-            inverted,
-            tokens: run.tokens().clone(),
-        };
-        Ok::<_, Error>((edit, heatmaps))
+    let r = pollster::block_on(async {
+        let mut job = Generation::start_edit(&sd, &bytes, name, &a.settings, &a.suppress, a.attention_maps.is_some(), &mut |d, t| on_step("inversion", d, t)).await?;
+        run_to_end(&mut job, &sd, &mut |d, t, _| on_step("edit", d, t)).await?;
+        job.finish(&sd)
     })?;
     let [_, h, w, c] = r.image.dims();
     let image = read_f32(r.image)?;
-    let reconstruction = read_f32(r.reconstruction)?;
-    if let (Some(dir), Some((o, su))) = (&a.attention_maps, heatmaps) {
-        let branches = vec![(Some("original"), o, reconstruction.clone()), (Some("suppressed"), su, image.clone())];
-        crate::heatmaps::write_branches(dir, &sd, &p.prompt, branches, [w, h])?;
+    let reconstruction = read_f32(r.original.ok_or(InputError::Finished)?)?;
+    if let Some(dir) = &a.attention_maps {
+        let mut maps = r.heatmaps.into_iter();
+        if let (Some((_, o)), Some((_, su))) = (maps.next(), maps.next()) {
+            let branches = vec![(Some("original"), o, reconstruction.clone()), (Some("suppressed"), su, image.clone())];
+            crate::heatmaps::write_branches(dir, &sd, &r.params.prompt, branches, [w, h])?;
+        }
     }
-    let mut extra = crate::suppress::GenerateSuppress::png_extra(&s);
-    extra.push(("Null-text inversion".into(), format!("\"{}\", iters {}", name.replace('"', "'"), a.null_text_iters)));
-    let params = A1111Parameters {
-        prompt: p.prompt.clone(),
-        negative_prompt: p.negative_prompt.clone(),
-        steps: p.steps,
-        sampler: "DDIM".into(),
-        cfg_scale: p.guidance,
-        seed: 0,
-        width: w,
-        height: h,
-        model: sd.name.clone(),
-        extra,
-    };
+    let params = r.parameters;
     write_png(&a.out, &image, w, h, &params)?;
     let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
     let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
     let rec_path = a.out.with_file_name(format!("{stem}-reconstruction.{ext}"));
     write_png(&rec_path, &reconstruction, w, h, &A1111Parameters { extra: vec![], ..params.clone() })?;
+    let edit = r.edit.ok_or(InputError::Finished)?;
     if let Some(t) = &a.out_tensor {
-        let ld = r.latents.dims();
-        let start = r.inverted.latents.last().cloned().ok_or_else(|| Error::Input("no inverted latent".into()))?;
+        let ld = r.all_latents.dims();
+        let start = edit.inverted.latents.last().cloned().ok_or(InputError::Finished)?;
         let sdims = start.dims();
         write_safetensors(
             t,
             &[
                 ("image".into(), Dtype::F32, vec![1, h, w, c], f32_bytes(&image)),
                 ("reconstruction".into(), Dtype::F32, vec![1, h, w, c], f32_bytes(&reconstruction)),
-                ("latents".into(), Dtype::F32, ld.to_vec(), f32_bytes(&read_f32(r.latents)?)),
+                ("latents".into(), Dtype::F32, ld.to_vec(), f32_bytes(&read_f32(r.all_latents)?)),
                 ("inverted_latent".into(), Dtype::F32, sdims.to_vec(), f32_bytes(&read_f32(start)?)),
             ],
         )?;
@@ -162,10 +99,10 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
         "out": a.out.display().to_string(),
         "reconstruction": rec_path.display().to_string(),
         "size": [w, h],
-        "steps": p.steps,
-        "target_positions": r.tokens.target,
-        "null_text_iterations": r.inverted.null_text.iterations,
-        "null_text_losses": r.inverted.null_text.losses,
+        "steps": r.params.steps,
+        "target_positions": r.tokens.map(|t| t.target).unwrap_or_default(),
+        "null_text_iterations": edit.inverted.null_text.iterations,
+        "null_text_losses": edit.inverted.null_text.losses,
         "attention_maps": a.attention_maps.as_ref().map(|d| d.display().to_string()),
         "device": device_name,
         "seconds": t0.elapsed().as_secs_f64(),

@@ -8,7 +8,7 @@ use pseudoword::error::Error;
 use pseudoword::pipeline::png_out::{encode_png, to_rgb8};
 use pseudoword::pipeline::StableDiffusion;
 use pseudoword::suppress::{HeatmapAccumulator, TokenHeatmaps};
-use pseudoword::suppress::overlay::{overlay, strip};
+use pseudoword::attention_maps::overlay::{overlay, strip};
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<(), Error> {
     let file = std::fs::File::create(path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;

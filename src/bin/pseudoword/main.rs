@@ -25,8 +25,8 @@ use pseudoword::error::Error;
 use pseudoword::native::{DeviceChoice, parse_embedding_arg, read_embedding_file, select_device};
 use pseudoword::pipeline::{PromptEncoder, StableDiffusion, Tokenized};
 use pseudoword::schedulers::PredictionType;
-use pseudoword::single_file::SingleFileOptions;
-use pseudoword::tokenizer::ClipTokenizer;
+use pseudoword::loader::{LoadOptions, Loaded, Parts};
+use pseudoword::native::SingleFileOptions;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -108,9 +108,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cli_message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The library names settings by their field names (`num_images`); the CLI says its flags.
+fn cli_message(e: &Error) -> String {
+    use pseudoword::error::InputError;
+    match e {
+        Error::Input(InputError::Setting { setting, reason }) => {
+            let flag = match *setting {
+                "suppress" => "--suppress WORDS".to_string(),
+                "flip_p" => "--flip-p".to_string(),
+                s => format!("--{}", s.replace('_', "-")),
+            };
+            format!("{flag} {reason}")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -134,19 +150,19 @@ impl Common {
         SingleFileOptions { tokenizer: self.tokenizer.clone(), config: self.config.clone(), prediction_type }
     }
 
+    fn options(&self, variant: Option<&str>, parts: Parts) -> LoadOptions {
+        LoadOptions { storage: self.storage, variant: variant.map(str::to_string), parts, ..LoadOptions::default() }
+    }
+
     /// Loads the model (folder or single file).
     pub(crate) fn load(&self, variant: Option<&str>, prediction_type: Option<PredictionType>, device: &Device) -> Result<StableDiffusion, Error> {
-        pseudoword::native::load_model(&self.model, variant, &self.single_file(prediction_type), device, self.storage)
+        pseudoword::native::load(&self.model, &self.single_file(prediction_type), &self.options(variant, Parts::All), device)?.into_full()
     }
 }
 
 fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
     // Tokenizing needs no device or weights: only the embedding files' token counts.
-    let mut tokenizer = if common.model.is_file() {
-        pseudoword::single_file::load_single_file_tokenizer(&common.model, &common.single_file(None))?
-    } else {
-        ClipTokenizer::from_dir(&common.model.join("tokenizer"))?
-    };
+    let mut tokenizer = pseudoword::native::load_tokenizer(&common.model, &common.single_file(None))?;
     for arg in &common.embeddings {
         let (path, token) = parse_embedding_arg(arg);
         let emb = read_embedding_file(&path, token.as_deref())?;
@@ -170,7 +186,11 @@ fn tokenize(common: &Common, prompt: &str) -> Result<(), Error> {
 }
 
 fn load_with_embeddings(common: &Common, variant: Option<&str>, device: &Device) -> Result<PromptEncoder, Error> {
-    let mut enc = pseudoword::native::load_model_prompt_encoder(&common.model, variant, &common.single_file(None), device, common.storage)?;
+    let loaded = pseudoword::native::load(&common.model, &common.single_file(None), &common.options(variant, Parts::TextEncoder), device)?;
+    let mut enc = match loaded {
+        Loaded::Text(e) => e,
+        Loaded::Full(sd) => sd.prompt,
+    };
     add_embeddings(&mut enc, &common.embeddings)?;
     Ok(enc)
 }
@@ -234,7 +254,7 @@ pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub(crate) fn write_safetensors(path: &Path, blobs: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<(), Error> {
-    let io = |e: String| Error::Input(format!("cannot write {}: {e}", path.display()));
+    let io = |e: String| Error::from(pseudoword::error::InputError::file("write", path.display(), e));
     let views: HashMap<String, TensorView<'_>> = blobs
         .iter()
         .map(|(k, dt, shape, bytes)| Ok((k.clone(), TensorView::new(*dt, shape.clone(), bytes).map_err(|e| io(e.to_string()))?)))

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::header::{SafetensorsHeader, TensorEntry};
 use crate::error::WeightsError;
-use crate::schedulers::PredictionType;
+use crate::prediction_type::PredictionType;
 
 /// What becomes of one LDM tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Training-photo preparation, as diffusers' `TextualInversionDataset` does it (PIL): decode,
+//! Photo preparation (training photos, photos to edit), as diffusers' `TextualInversionDataset` does it (PIL): decode,
 //! apply the EXIF orientation, centre-crop to a square, resize to the training resolution
 //! (bicubic), optional horizontal flip, pixels `x / 127.5 - 1` in CHW order.
 //!
@@ -34,11 +34,6 @@ pub enum PhotoError {
     BadResolution(u32),
 }
 
-impl From<PhotoError> for crate::error::Error {
-    fn from(e: PhotoError) -> Self {
-        crate::error::Error::Input(e.to_string())
-    }
-}
 
 /// A photo ready for the VAE: square RGB at the training resolution.
 #[derive(Clone, Debug)]
@@ -170,4 +165,10 @@ mod tests {
         let img = RgbImage::new(64, 64);
         assert!(matches!(prepare_photo(&png(&img), "x.png", 100), Err(PhotoError::BadResolution(100))));
     }
+}
+
+/// `[1, 3, R, R]` pixels in [-1, 1] of a prepared photo (for the VAE encoder).
+pub fn photo_tensor(photo: &PreparedPhoto, device: &burn::tensor::Device) -> burn::tensor::Tensor<4> {
+    let (w, h) = photo.image.dimensions();
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(photo.pixels(false), [1, 3, h as usize, w as usize]), device)
 }

@@ -13,10 +13,10 @@
 use burn::tensor::Tensor;
 
 use super::maps::{Heads, MapLayers, aggregate_maps_heads};
-use super::read_f32;
+use crate::readback::read_f32;
 use crate::error::DeviceError;
 use crate::models::UNetCapture;
-use crate::pipeline::Tokenized;
+use crate::tokenizer::Tokenized;
 
 /// Sum over steps of aggregated cross-attention maps, kept on the device.
 #[derive(Clone, Debug)]
