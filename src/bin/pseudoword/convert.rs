@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use pseudoword::embedding_files::{EmbeddingFormat, read_embedding_with_meta, write_embedding};
-use pseudoword::error::{Error, WeightsError};
+use pseudoword::error::{Error, InputError, WeightsError};
 
 #[derive(Args)]
 pub(crate) struct ConvertEmbeddingArgs {
@@ -34,7 +34,7 @@ pub(crate) fn run(args: ConvertEmbeddingArgs) -> Result<(), Error> {
     let io = |file: &str, e: std::io::Error| Error::from(WeightsError::Io { file: file.to_string(), reason: e.to_string() });
     let len = std::fs::metadata(&args.input).map_err(|e| io(&in_name, e))?.len();
     if len > MAX_INPUT {
-        return Err(Error::Input(format!("{in_name}: {len} bytes is far too large for an embedding file")));
+        return Err(InputError::EmbeddingTooLarge { path: in_name.to_string(), size: len as u64 }.into());
     }
     let bytes = std::fs::read(&args.input).map_err(|e| io(&in_name, e))?;
     let loaded = read_embedding_with_meta(&bytes, &in_name, args.token.as_deref())?;
@@ -48,7 +48,7 @@ pub(crate) fn run(args: ConvertEmbeddingArgs) -> Result<(), Error> {
     let emb = loaded.embedding;
     let out_bytes = write_embedding(&emb, args.format, &meta);
     let out_name = args.out.display().to_string();
-    std::fs::write(&args.out, out_bytes).map_err(|e| Error::Input(format!("cannot write {out_name}: {e}")))?;
+    std::fs::write(&args.out, out_bytes).map_err(|e| InputError::file("write", &out_name, e))?;
     let json = serde_json::json!({
         "in": in_name,
         "out": out_name,

@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use pseudoword::error::Error;
+use pseudoword::error::{Error, InputError};
 use pseudoword::pipeline::png_out::{encode_png, to_rgb8};
 use pseudoword::pipeline::StableDiffusion;
 use pseudoword::suppress::{HeatmapAccumulator, TokenHeatmaps};
 use pseudoword::attention_maps::overlay::{overlay, strip};
 
 fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<(), Error> {
-    let file = std::fs::File::create(path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
-    encode_png(rgb, w, h, "", std::io::BufWriter::new(file)).map_err(|e| Error::Input(format!("cannot encode {}: {e}", path.display())))
+    let file = std::fs::File::create(path).map_err(|e| Error::from(InputError::file("write", path.display(), e)))?;
+    encode_png(rgb, w, h, "", std::io::BufWriter::new(file)).map_err(|e| Error::from(InputError::file("encode", path.display(), e)))
 }
 
 /// Writes the overlays of every image of `hm` over `images` (`[N, H, W, 3]` in [0, 1]) into
@@ -21,7 +21,7 @@ pub fn write_heatmaps(dir: &Path, hm: &TokenHeatmaps, images: &[f32], [w, h]: [u
     let mut per_image = vec![];
     for i in 0..hm.batch {
         let folder = if hm.batch == 1 { dir.to_path_buf() } else { dir.join(i.to_string()) };
-        std::fs::create_dir_all(&folder).map_err(|e| Error::Input(format!("cannot create {}: {e}", folder.display())))?;
+        std::fs::create_dir_all(&folder).map_err(|e| Error::from(InputError::file("create", folder.display(), e)))?;
         let rgb = to_rgb8(&images[i * h * w * 3..(i + 1) * h * w * 3]);
         let mut files = vec![];
         let mut tiles = vec![];
@@ -51,9 +51,9 @@ pub fn write_heatmaps(dir: &Path, hm: &TokenHeatmaps, images: &[f32], [w, h]: [u
 
 /// Writes `v` pretty-printed to `path`.
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), Error> {
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| Error::Input(format!("cannot create {}: {e}", path.display())))?;
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Input(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| Error::from(InputError::file("create", path.display(), e)))?;
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::from(InputError::file("serialise", path.display(), e)))?;
+    std::fs::write(path, text).map_err(|e| Error::from(InputError::file("write", path.display(), e)))
 }
 
 /// Reads back every branch's heatmaps and writes them (`(None, ..)`: straight into `dir`;
