@@ -9,6 +9,8 @@
 
 use std::io::Cursor;
 
+pub use crate::error::PhotoError;
+
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, RgbaImage};
 
@@ -19,20 +21,6 @@ pub const MAX_PHOTO_SIDE: u32 = 16_384;
 /// Decoder memory limit (bytes), enough for a 16-bit RGBA 30-megapixel image plus headroom.
 pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 
-/// Why a photo cannot be used. Messages name the file and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum PhotoError {
-    #[error("`{name}` is not an image this app can read ({reason}); use a JPEG, PNG or WebP photo")]
-    NotAnImage { name: String, reason: String },
-    #[error("`{name}` is only {width}x{height} pixels; training needs photos at least {min}x{min} (ideally {resolution}x{resolution} or larger)")]
-    TooSmall { name: String, width: u32, height: u32, min: u32, resolution: u32 },
-    #[error("`{name}` is {width}x{height} pixels, larger than this app accepts ({max} per side); downscale it first")]
-    TooLarge { name: String, width: u32, height: u32, max: u32 },
-    #[error("no training photos were given; add 3-5 photos of the subject")]
-    NoPhotos,
-    #[error("the training resolution must be a positive multiple of 8 (got {0})")]
-    BadResolution(u32),
-}
 
 
 /// A photo ready for the VAE: square RGB at the training resolution.

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use pseudoword::pipeline::Denoise;
 use pseudoword::models::UNetCapture;
 use pseudoword::native::load_stable_diffusion;
 use pseudoword::pipeline::{GenerateParams, Txt2Img};

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use burn::tensor::{Device, Tensor};
 use common::*;
+use pseudoword::pipeline::Denoise;
 use pseudoword::native::load_stable_diffusion;
 use pseudoword::pipeline::{GenerateParams, StableDiffusion, Txt2Img};
 use pseudoword::schedulers::SchedulerKind;

@@ -173,7 +173,7 @@ fn inferred_configs_match_the_folder_where_shapes_tell() {
     }
     // the tiny CLIP is 32 wide: its head count cannot be inferred (real ones: width / 64)
     let err = c.text_encoder_config().unwrap_err();
-    assert!(matches!(err, WeightsError::UnsupportedCheckpoint { .. }) && err.to_string().contains("--config"), "{err}");
+    assert!(matches!(err, WeightsError::UnsupportedCheckpoint { .. }) && err.to_string().contains("config.json files of a diffusers model"), "{err}");
     let sched = pseudoword::schedulers::SchedulerConfig::from_json(&c.scheduler_config(None), "s").unwrap();
     let want = pseudoword::schedulers::SchedulerConfig::from_json(&std::fs::read_to_string(tiny_sd1().join("scheduler/scheduler_config.json")).unwrap(), "s").unwrap();
     assert_eq!(sched.class_name, want.class_name);
@@ -213,7 +213,8 @@ fn wrong_files_and_a_missing_tokenizer_are_typed_errors() {
     let emb = fixtures().join("embeddings/learned_embeds.safetensors");
     let err = load_single_file(&emb, &SingleFileOptions::default(), &Device::flex(), WeightStorage::F32).err().unwrap();
     assert!(matches!(err, Error::Weights(WeightsError::NotACheckpoint { .. })), "{err}");
-    assert!(err.to_string().contains("model.diffusion_model") && err.to_string().contains("--embedding"), "{err}");
+    assert!(err.to_string().contains("model.diffusion_model") && err.to_string().contains("load it as an embedding"), "{err}");
+    assert_eq!(err.remedy(), Some(pseudoword::error::Remedy::Embedding));
     // so is one component file of a diffusers folder (through the folder API, which takes files too)
     let unet = tiny_sd1().join("unet/diffusion_pytorch_model.safetensors");
     let err = pseudoword::native::load_stable_diffusion(&unet, None, &Device::flex()).err().unwrap();
@@ -223,7 +224,8 @@ fn wrong_files_and_a_missing_tokenizer_are_typed_errors() {
     let path = assemble_ldm(dir.path(), None);
     let err = load_single_file(&path, &SingleFileOptions::default(), &Device::flex(), WeightStorage::F32).err().unwrap();
     assert!(matches!(err, Error::Config(ConfigError::NoTokenizer { .. })), "{err}");
-    assert!(err.to_string().contains("--tokenizer"), "{err}");
+    assert!(err.to_string().contains("give a CLIP tokenizer folder") && !err.to_string().contains("--"), "{err}");
+    assert_eq!(err.remedy(), Some(pseudoword::error::Remedy::Tokenizer));
     // a tokenizer/ next to the file is found; the tiny CLIP's config must then come from --config
     copy_dir(&tiny_sd1().join("tokenizer"), &dir.path().join("tokenizer"));
     let err = load_single_file(&path, &SingleFileOptions::default(), &Device::flex(), WeightStorage::F32).err().unwrap();

@@ -6,6 +6,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use pseudoword::pipeline::Denoise;
 use pseudoword::models::UNetCapture;
 use pseudoword::native::load_stable_diffusion;
 use pseudoword::pipeline::{GenerateParams, StableDiffusion, Txt2Img, decode_latents, generate};

@@ -7,6 +7,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use pseudoword::pipeline::Denoise;
 use pseudoword::native::{load_prompt_encoder, load_stable_diffusion};
 use pseudoword::pipeline::GenerateParams;
 use pseudoword::schedulers::SchedulerKind;

@@ -271,6 +271,13 @@ async function bundledTokenizer() {
 
 let loading = null; // {id, ctl: AbortController, cancelled} of the load in progress
 
+// What to do in this page for a load error's `remedy` (set by the wasm side, see lib_err).
+const LOAD_REMEDY = {
+  configs: 'Give them with "Configs from" (a diffusers folder URL) or pick the config.json files together with the checkpoint.',
+  tokenizer: "Pick the tokenizer files (vocab.json, merges.txt) together with the checkpoint.",
+  embedding: "Add it in the Embedding library instead.",
+};
+
 async function load(msg) {
   const job = { id: msg.id, ctl: new AbortController(), cancelled: false };
   loading = job;
@@ -342,7 +349,8 @@ async function loadModel(msg, job) {
       return !job.cancelled;
     });
   } catch (err) {
-    throw new Error("Loading the model failed: " + errorMessage(err));
+    // the library says what is wrong; the page names its own control for the remedy
+    throw new Error("Loading the model failed: " + errorMessage(err) + (LOAD_REMEDY[err?.remedy] ? " " + LOAD_REMEDY[err.remedy] : ""));
   }
   session = s;
   if (job.cancelled) throw new Error("cancelled");

@@ -74,16 +74,7 @@ impl GenerateSettings {
     /// Checks what can be checked without a model (the size is checked against the model's VAE
     /// by [`GenerateParams::validate`]).
     pub fn validate(&self) -> Result<(), InputError> {
-        if self.steps == 0 {
-            return Err(InputError::setting("steps", "must be at least 1"));
-        }
-        if self.num_images == 0 {
-            return Err(InputError::setting("num_images", "must be at least 1"));
-        }
-        if !self.guidance.is_finite() {
-            return Err(InputError::setting("guidance", format!("must be a finite number (got {})", self.guidance)));
-        }
-        Ok(())
+        crate::pipeline::denoise::validate_counts(self.steps, self.num_images, self.guidance)
     }
 
     /// The run's parameters for `sd`: the model's native size where none is set, `random_seed`

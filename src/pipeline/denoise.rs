@@ -50,16 +50,7 @@ impl GenerateParams {
         if self.width == 0 || self.height == 0 || !self.width.is_multiple_of(f) || !self.height.is_multiple_of(f) {
             return Err(InputError::Size { multiple: f, width: self.width, height: self.height });
         }
-        if self.steps == 0 {
-            return Err(InputError::setting("steps", "must be at least 1"));
-        }
-        if self.num_images == 0 {
-            return Err(InputError::setting("num_images", "must be at least 1"));
-        }
-        if !self.guidance.is_finite() {
-            return Err(InputError::setting("guidance", format!("must be a finite number (got {})", self.guidance)));
-        }
-        Ok(())
+        validate_counts(self.steps, self.num_images, self.guidance)
     }
 
     /// The latent shape `[N, C, H/8, W/8]` of this run.
@@ -67,6 +58,20 @@ impl GenerateParams {
         let f = sd.vae_scale_factor();
         [self.num_images, sd.latent_channels(), self.height / f, self.width / f]
     }
+}
+
+/// The checks every run's settings share: at least one step and one image, finite guidance.
+pub fn validate_counts(steps: usize, num_images: usize, guidance: f64) -> Result<(), InputError> {
+    if steps == 0 {
+        return Err(InputError::setting("steps", "must be at least 1"));
+    }
+    if num_images == 0 {
+        return Err(InputError::setting("num_images", "must be at least 1"));
+    }
+    if !guidance.is_finite() {
+        return Err(InputError::setting("guidance", format!("must be a finite number (got {guidance})")));
+    }
+    Ok(())
 }
 
 /// Validates `p` and creates its scheduler (`p.scheduler`, else the model's own) set to `p.steps`.

@@ -78,25 +78,6 @@ impl Txt2Img {
         Ok(Self { scheduler, latents, context, guidance: p.guidance, do_cfg: p.do_cfg(), step: 0, rng, heatmaps: None })
     }
 
-    /// Number of scheduler steps (PNDM may have one more than requested).
-    pub fn num_steps(&self) -> usize {
-        self.scheduler.timesteps().len()
-    }
-
-    /// Steps done so far.
-    pub fn steps_done(&self) -> usize {
-        self.step
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.step >= self.num_steps()
-    }
-
-    /// Current latents `[N, C, h, w]`.
-    pub fn latents(&self) -> Tensor<4> {
-        self.latents.clone()
-    }
-
     pub fn scheduler(&self) -> &dyn Scheduler {
         self.scheduler.as_ref()
     }
@@ -186,9 +167,10 @@ fn now_or_never<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
+/// Latents `[N, C, h, w]`.
 impl Denoise for Txt2Img {
     fn num_steps(&self) -> usize {
-        Txt2Img::num_steps(self)
+        self.scheduler.timesteps().len()
     }
     fn steps_done(&self) -> usize {
         self.step

@@ -44,43 +44,12 @@ pub use euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
 pub use euler_discrete::EulerDiscreteScheduler;
 pub use lms_discrete::LMSDiscreteScheduler;
 pub use pndm::PNDMScheduler;
+pub use crate::error::SchedulerError;
 pub use schedule::{Parameterization, ScheduleState};
 
 use config::Class;
 
-/// Errors from building or driving a scheduler. Every message says what to change.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum SchedulerError {
-    #[error("unknown scheduler `{name}`; choose one of: {}", SchedulerKind::CLI_NAMES.join(", "))]
-    UnknownScheduler { name: String },
 
-    #[error("scheduler class `{class}` is not supported; supported classes are {}. Choose a scheduler explicitly (e.g. --scheduler euler).", SUPPORTED_CLASSES.join(", "))]
-    UnsupportedClass { class: String },
-
-    #[error("scheduler_config.json has no `_class_name`; choose a scheduler explicitly (one of: {})", SchedulerKind::CLI_NAMES.join(", "))]
-    MissingClass,
-
-    #[error("{file}: cannot parse the scheduler config: {reason}. The file must be a diffusers scheduler_config.json.")]
-    Json { file: String, reason: String },
-
-    #[error("{class}: `{key}` = {value} is not usable: {reason}. Fix scheduler_config.json or override it.")]
-    InvalidConfig { class: &'static str, key: &'static str, value: String, reason: String },
-
-    #[error("{class} has no option `{key}`; drop that override or choose a scheduler that has it")]
-    OverrideNotApplicable { class: &'static str, key: &'static str },
-
-    #[error("{steps} inference steps are not possible: use 1 to {max} (num_train_timesteps of the scheduler config)")]
-    InvalidSteps { steps: usize, max: usize },
-}
-
-const SUPPORTED_CLASSES: [&str; 6] = [
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "LMSDiscreteScheduler",
-];
 
 /// Which scheduler to build. CLI names: `ddim`, `pndm`, `euler`, `euler-a`, `dpm++2m`,
 /// `dpm++2m-karras`, `lms`.
@@ -99,7 +68,7 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub const CLI_NAMES: [&'static str; 7] = ["ddim", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "lms"];
+    pub const CLI_NAMES: [&'static str; 7] = crate::error::SCHEDULER_NAMES;
 
     /// The kind for a diffusers `_class_name`; for DPM-Solver the Karras flag is the file's
     /// `use_karras_sigmas`, so `create(from_class_name(..), file, ..)` is exactly `from_config`.

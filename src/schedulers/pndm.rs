@@ -129,7 +129,6 @@ impl Scheduler for PNDMScheduler {
     }
 
     fn set_timesteps(&mut self, n: usize) -> Result<(), SchedulerError> {
-        let nt = self.state.num_train_timesteps();
         self.state.check_steps(n)?;
         self.num_inference_steps = n;
         // ascending `_timesteps`
@@ -146,7 +145,7 @@ impl Scheduler for PNDMScheduler {
             (vec![], v)
         } else {
             // the last 4 timesteps, each followed by its half-step, sub-steps repeated
-            let half = (nt / n / 2) as i64;
+            let half = (self.state.num_train_timesteps() / n / 2) as i64;
             let last = &base[len.saturating_sub(4)..];
             let quads: Vec<i64> = last.iter().flat_map(|&t| [t, t + half]).collect();
             let rep: Vec<i64> = quads[..quads.len() - 1].iter().flat_map(|&t| [t, t]).collect();

@@ -18,9 +18,9 @@ use super::swr::{SuppressTokens, locate_words, soft_weighted_regularization};
 use crate::attention_maps::{HeatmapAccumulator, MapLayers};
 use crate::error::{Error, InputError};
 use crate::models::UNetCapture;
-use crate::pipeline::denoise::{Denoise, guide, initial_latents, prepare_scheduler, run_to_end};
+use crate::pipeline::denoise::{Denoise, guide, initial_latents, prepare_scheduler};
 use crate::pipeline::rng::NoiseRng;
-use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
+use crate::pipeline::{GenerateParams, StableDiffusion};
 use crate::schedulers::Scheduler;
 
 /// SuppressEOT settings; defaults are the reference's for generated images.
@@ -155,26 +155,6 @@ impl SuppressTxt2Img {
             heatmaps: None,
             uncond_steps: Vec::new(),
         })
-    }
-
-    /// Number of scheduler steps (PNDM may have one more than requested).
-    pub fn num_steps(&self) -> usize {
-        self.scheduler.timesteps().len()
-    }
-
-    /// Steps done so far.
-    pub fn steps_done(&self) -> usize {
-        self.step
-    }
-
-    /// True after the last step.
-    pub fn is_done(&self) -> bool {
-        self.step >= self.num_steps()
-    }
-
-    /// Current latents `[2N, C, h, w]` (original x N, then suppressed x N).
-    pub fn latents(&self) -> Tensor<4> {
-        self.latents.clone()
     }
 
     /// Where the suppressed words are in the prompt.
@@ -315,41 +295,10 @@ impl SuppressTxt2Img {
     }
 }
 
-/// Result of [`generate_suppressed`].
-pub struct SuppressGenerated {
-    /// `[N, H, W, 3]` in [0, 1]: the suppressed branch.
-    pub image: Tensor<4>,
-    /// `[N, H, W, 3]` in [0, 1]: the original branch (plain generation with the same seed).
-    pub original_image: Tensor<4>,
-    /// Final latents `[2N, C, h, w]` (original x N, suppressed x N).
-    pub latents: Tensor<4>,
-    pub num_steps: usize,
-    pub tokens: SuppressTokens,
-}
-
-/// Runs a whole suppressed generation. `on_step(done, total)` is called after each step;
-/// returning `false` cancels (`Err(Error::Cancelled)`).
-pub async fn generate_suppressed(
-    sd: &StableDiffusion,
-    p: &GenerateParams,
-    s: &SuppressParams,
-    latents: Option<Tensor<4>>,
-    on_step: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<SuppressGenerated, Error> {
-    let mut run = SuppressTxt2Img::new(sd, p, s, latents).await?;
-    let total = run.num_steps();
-    run_to_end(&mut run, sd, &mut |done, total, _| on_step(done, total)).await?;
-    let latents = run.latents();
-    let n = p.num_images;
-    let images = decode_latents(sd, latents.clone());
-    let original_image = images.clone().narrow(0, 0, n);
-    let image = images.narrow(0, n, n);
-    Ok(SuppressGenerated { image, original_image, latents, num_steps: total, tokens: run.tokens.clone() })
-}
-
+/// Latents `[2N, C, h, w]`: original x N, then suppressed x N.
 impl Denoise for SuppressTxt2Img {
     fn num_steps(&self) -> usize {
-        SuppressTxt2Img::num_steps(self)
+        self.scheduler.timesteps().len()
     }
     fn steps_done(&self) -> usize {
         self.step

@@ -11,10 +11,9 @@ use burn::tensor::Tensor;
 
 use super::inversion::{InversionParams, NullText, ddim_invert, ddim_scheduler, encode_image, null_text_optimization};
 use super::pipeline::{SuppressParams, SuppressTxt2Img};
-use super::swr::SuppressTokens;
 use super::SuppressError;
 use crate::error::{Error, InputError};
-use crate::pipeline::{GenerateParams, StableDiffusion, decode_latents};
+use crate::pipeline::{GenerateParams, StableDiffusion};
 use crate::schedulers::SchedulerKind;
 
 /// A photo inverted for editing.
@@ -76,48 +75,4 @@ impl SuppressTxt2Img {
         run.set_uncond_per_step(inverted.null_text.uncond.clone())?;
         Ok(run)
     }
-}
-
-/// Result of [`edit_photo`].
-pub struct PhotoEdit {
-    /// `[1, H, W, 3]` in [0, 1]: the photo with the words suppressed.
-    pub image: Tensor<4>,
-    /// `[1, H, W, 3]` in [0, 1]: the original branch, i.e. the photo reconstructed from its inversion.
-    pub reconstruction: Tensor<4>,
-    /// Final latents `[2, C, h, w]` (reconstruction, edit).
-    pub latents: Tensor<4>,
-    pub inverted: InvertedPhoto,
-    pub tokens: SuppressTokens,
-}
-
-/// Inverts `pixels` and runs the suppressed edit. `on_step(phase, done, total)` with phase
-/// `"inversion"` then `"edit"`; false cancels.
-pub async fn edit_photo(
-    sd: &StableDiffusion,
-    pixels: Tensor<4>,
-    p: &GenerateParams,
-    s: &SuppressParams,
-    inv: &InversionParams,
-    on_step: &mut dyn FnMut(&str, usize, usize) -> bool,
-) -> Result<PhotoEdit, Error> {
-    // check the words before the (long) inversion
-    let toks = sd.prompt.tokenize(&p.prompt);
-    super::swr::locate_words(&sd.prompt.tokenizer, &toks, &s.words)?;
-    let inverted = invert_photo(sd, pixels, p, inv, &mut |d, t| on_step("inversion", d, t)).await?;
-    let mut run = SuppressTxt2Img::from_inverted(sd, p, s, &inverted).await?;
-    let total = run.num_steps();
-    while !run.is_done() {
-        run.step(sd).await?;
-        if !on_step("edit", run.steps_done(), total) {
-            return Err(Error::Cancelled);
-        }
-    }
-    let images = decode_latents(sd, run.latents());
-    Ok(PhotoEdit {
-        image: images.clone().narrow(0, 1, 1),
-        reconstruction: images.narrow(0, 0, 1),
-        latents: run.latents(),
-        inverted,
-        tokens: run.tokens().clone(),
-    })
 }

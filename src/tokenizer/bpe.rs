@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::error::TokenizerError;
+use crate::error::TokenizerError;
 
 /// Suffix appended to the last symbol of every pre-token.
 pub(crate) const END_OF_WORD: &str = "</w>";

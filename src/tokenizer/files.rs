@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::added::AddedToken;
-use super::error::TokenizerError;
+use crate::error::TokenizerError;
 
 /// The raw text of a tokenizer folder's files, so that a tokenizer can be built without a file
 /// system (in the browser the files are fetched and handed over as strings).

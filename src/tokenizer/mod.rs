@@ -16,7 +16,6 @@
 mod added;
 mod tokenized;
 mod bpe;
-mod error;
 mod files;
 mod normalize;
 
@@ -25,7 +24,7 @@ use std::path::Path;
 
 pub use added::AddedToken;
 pub use tokenized::Tokenized;
-pub use error::TokenizerError;
+pub use crate::error::TokenizerError;
 pub use files::TokenizerFiles;
 
 use added::{MatchSet, Piece, StripRules};

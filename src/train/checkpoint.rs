@@ -84,7 +84,7 @@ impl Checkpoint {
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
             return Err(bad(format!(
-                "its metadata has no `format: {CHECKPOINT_FORMAT}` (an embedding file? pass it as --embedding, or start a new run)"
+                "its metadata has no `format: {CHECKPOINT_FORMAT}` (an embedding file? load it as an embedding, or start a new run)"
             )));
         }
         if meta.get("version").map(String::as_str) != Some(VERSION) {

@@ -30,44 +30,11 @@ pub use session::{DataSource, ReplayData, Rollback, RunConfig, StepLog, Training
 pub use step::{Batch, diffusion_loss, diffusion_loss_checkpointed, text_encoder_from_embeddings, token_embeddings};
 
 use crate::embedding_files::TextualInversion;
-use crate::error::{DeviceError, Error};
+pub use crate::error::TrainError;
 use crate::pipeline::StableDiffusion;
-use crate::schedulers::{Overrides, PredictionType, SchedulerError, create};
-use crate::tokenizer::TokenizerError;
+use crate::readback::read_f32;
+use crate::schedulers::{Overrides, PredictionType, create};
 
-/// Errors of textual-inversion training. Every message says what to change.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(
-        "the initializer word `{word}` is {} token(s) ({tokens:?}) for this tokenizer, but it must be exactly one. Pick a single common word close to the concept, e.g. \"cat\", \"dog\", \"person\", \"sculpture\", \"painting\".",
-        .tokens.len()
-    )]
-    InitializerNotOneToken { word: String, tokens: Vec<String> },
-    #[error("the number of vectors must be at least 1 (got {0})")]
-    NoVectors(usize),
-    #[error("the placeholder token must not be empty or contain whitespace (got `{0}`); use something like `<my-cat>`")]
-    BadPlaceholder(String),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error("the tokenizer has {tokenizer} tokens but the text encoder {encoder} rows; the model folder is inconsistent")]
-    InconsistentModel { tokenizer: usize, encoder: usize },
-    #[error("the model's scheduler config has prediction_type `{0}`; training supports epsilon and v_prediction")]
-    UnsupportedPrediction(String),
-    #[error(transparent)]
-    Scheduler(#[from] SchedulerError),
-    #[error("invalid training batch: {0}")]
-    Batch(String),
-    #[error("invalid optimizer state: {0}")]
-    State(String),
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    #[error(transparent)]
-    Photo(#[from] PhotoError),
-    #[error(
-        "training diverged ({reason}) and did not recover after {rollbacks} roll-backs with halved learning rates; the last good checkpoint (step {step}) was kept: lower the learning rate or check the photos"
-    )]
-    Diverged { reason: String, step: u64, rollbacks: u32 },
-}
 
 
 /// Optimisation settings. Defaults: the paper's / AUTOMATIC1111's lr 5e-3, AdamW (0.9, 0.999,
@@ -174,11 +141,6 @@ pub struct TextualInversionTrainer {
     grad_device: Device,
     accumulated_grad: Vec<f32>,
     accumulated_micro_steps: usize,
-}
-
-async fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, DeviceError> {
-    let data = t.into_data_async().await.map_err(|e| DeviceError::Readback { reason: format!("{e:?}") })?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| DeviceError::Readback { reason: format!("{e:?}") })
 }
 
 impl TextualInversionTrainer {

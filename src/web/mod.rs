@@ -66,6 +66,30 @@ pub(crate) fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
+/// A library error for the page: the message, plus `remedy` (`configs`, `tokenizer`, ...,
+/// `setting`) and `setting` (a field name) so the page can point at its own control.
+pub(crate) fn lib_err(e: Error) -> JsValue {
+    use crate::error::Remedy;
+    let v: JsValue = JsError::new(&e.to_string()).into();
+    let remedy = match e.remedy() {
+        Some(Remedy::Tokenizer) => Some("tokenizer"),
+        Some(Remedy::Configs) => Some("configs"),
+        Some(Remedy::Embedding) => Some("embedding"),
+        Some(Remedy::EmbeddingToken) => Some("embedding_token"),
+        Some(Remedy::Cpu) => Some("cpu"),
+        Some(Remedy::Scheduler) => Some("scheduler"),
+        Some(Remedy::Setting(s)) => {
+            let _ = Reflect::set(&v, &JsValue::from_str("setting"), &JsValue::from_str(s));
+            Some("setting")
+        }
+        None => None,
+    };
+    if let Some(r) = remedy {
+        let _ = Reflect::set(&v, &JsValue::from_str("remedy"), &JsValue::from_str(r));
+    }
+    v
+}
+
 async fn device() -> Result<Device, JsValue> {
     if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
         return Ok(d);
@@ -157,7 +181,7 @@ impl Session {
             set(&o, "key", p.key);
             on_progress.call1(&JsValue::NULL, &o).map_or(true, |v| v.as_bool() != Some(false))
         };
-        let (loaded, report) = crate::loader::load(&BlobFiles(files), &opts, &device, &mut progress).await.map_err(js_err)?;
+        let (loaded, report) = crate::loader::load(&BlobFiles(files), &opts, &device, &mut progress).await.map_err(lib_err)?;
         let (can_generate, default_size, default_scheduler) = match &loaded {
             Loaded::Full(sd) => (true, sd.default_size(), sd.default_scheduler.cli_name()),
             Loaded::Text(_) => (false, 0, ""),

@@ -114,20 +114,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// The library names settings by their field names (`num_images`); the CLI says its flags.
-fn cli_message(e: &Error) -> String {
-    use pseudoword::error::InputError;
-    match e {
-        Error::Input(InputError::Setting { setting, reason }) => {
-            let flag = match *setting {
-                "suppress" => "--suppress WORDS".to_string(),
-                "flip_p" => "--flip-p".to_string(),
-                s => format!("--{}", s.replace('_', "-")),
-            };
-            format!("{flag} {reason}")
-        }
-        other => other.to_string(),
+/// The flag for a setting's field name (`num_images` -> `--num-images`).
+fn flag(setting: &str) -> String {
+    match setting {
+        "suppress" => "--suppress WORDS".into(),
+        "checkpoint_every" => "--save-every".into(),
+        s => format!("--{}", s.replace('_', "-")),
     }
+}
+
+/// The library's message with the CLI's flag for its remedy: settings named by field names
+/// (`num_images ...`) start with the flag instead; other remedies get the flag appended.
+fn cli_message(e: &Error) -> String {
+    use pseudoword::error::{InputError, Remedy};
+    if let Error::Input(InputError::Setting { setting, reason }) = e {
+        return format!("{} {reason}", flag(setting));
+    }
+    let hint = match e.remedy() {
+        Some(Remedy::Tokenizer) => "pass it with --tokenizer DIR",
+        Some(Remedy::Configs) => "pass them with --config DIR",
+        Some(Remedy::Embedding) => "embeddings are loaded with --embedding FILE",
+        Some(Remedy::EmbeddingToken) => "rename it with --embedding FILE=<name>",
+        Some(Remedy::Cpu) => "or use --device cpu",
+        Some(Remedy::Scheduler) => "e.g. --scheduler euler",
+        Some(Remedy::Setting(_)) | None => return e.to_string(),
+    };
+    format!("{e} (CLI: {hint})")
 }
 
 fn run(cli: Cli) -> Result<(), Error> {

@@ -149,7 +149,7 @@ fn inferred(file: &str, what: &str, r: Result<serde_json::Value, String>) -> Res
     r.map(|v| serde_json::to_string_pretty(&v).expect("json")).map_err(|reason| WeightsError::UnsupportedCheckpoint {
         file: file.to_string(),
         what: format!("inferring the {what} config: {reason}"),
-        hint: "Give the config.json files of a diffusers model that matches the checkpoint (CLI: --config DIR; web page: \"Configs from\" or pick them with the checkpoint).".into(),
+        hint: "Give the config.json files of a diffusers model that matches the checkpoint.".into(),
     })
 }
 

@@ -1,9 +1,22 @@
-//! Typed errors for the boundaries of the library: weight files, configs, tokenizer folders,
-//! embedding files, devices and user input. Every message says what is wrong and what to do.
+//! Typed errors of the library, all of them here so that this module depends on nothing and
+//! every other module can use it: weight files, configs, tokenizer folders, embedding files,
+//! devices, user input, and (one file each) tokenizer, schedulers, photos, training and
+//! SuppressEOT. Every message says what is wrong and what to do; the domain modules re-export
+//! their error types.
 
 use std::fmt;
 
-pub use crate::tokenizer::TokenizerError;
+mod photos;
+mod schedulers;
+mod suppress;
+mod tokenizer;
+mod train;
+
+pub use photos::PhotoError;
+pub use schedulers::{SCHEDULER_NAMES, SUPPORTED_CLASSES, SchedulerError};
+pub use suppress::SuppressError;
+pub use tokenizer::TokenizerError;
+pub use train::TrainError;
 
 /// A shape, printed like PyTorch prints one: `[49408, 768]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +60,7 @@ pub enum WeightsError {
     #[error("no weights file in {dir}: tried {}. The folder must be in diffusers layout (e.g. text_encoder/model.safetensors).", .tried.join(", "))]
     NoWeightsFile { dir: String, tried: Vec<String> },
 
-    #[error("{file} is not a Stable Diffusion 1.x/2.x single-file checkpoint: {reason}. Expected an original-LDM .safetensors as AUTOMATIC1111/ComfyUI use (keys `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`); for a diffusers model pass its folder, for a textual-inversion embedding use --embedding.")]
+    #[error("{file} is not a Stable Diffusion 1.x/2.x single-file checkpoint: {reason}. Expected an original-LDM .safetensors as AUTOMATIC1111/ComfyUI use (keys `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`); for a diffusers model pass its folder, for a textual-inversion embedding, load it as an embedding instead.")]
     NotACheckpoint { file: String, reason: String },
 
     #[error("loading was cancelled")]
@@ -80,7 +93,7 @@ pub enum ConfigError {
     Io { file: String, reason: String },
     #[error("{file}: invalid config: {reason}.")]
     Invalid { file: String, reason: String },
-    #[error("{file} is a single-file checkpoint, which carries no tokenizer: pass --tokenizer DIR (a CLIP tokenizer folder with vocab.json and merges.txt, e.g. the tokenizer/ of any SD 1.x/2.x diffusers model; SD 1 and 2 share the vocabulary), or put it in a tokenizer/ folder next to the file.")]
+    #[error("{file} is a single-file checkpoint, which carries no tokenizer: give a CLIP tokenizer folder (vocab.json and merges.txt, e.g. the tokenizer/ of any SD 1.x/2.x diffusers model; SD 1 and 2 share the vocabulary), or put it in a tokenizer/ folder next to the file.")]
     NoTokenizer { file: String },
 }
 
@@ -91,7 +104,7 @@ pub enum EmbeddingError {
     Invalid { file: String, reason: String },
     #[error("embedding file {file}: its vectors have width {file_width} but the loaded text encoder has width {model_width}. The embedding was trained for a different model family (SD 1.x uses 768, SD 2.x 1024).")]
     WidthMismatch { file: String, file_width: usize, model_width: usize },
-    #[error("embedding file {file}: token `{token}` already exists in the tokenizer. Give it another name (`--embedding FILE=<name>`).")]
+    #[error("embedding file {file}: token `{token}` already exists in the tokenizer. Give the embedding another token.")]
     TokenExists { file: String, token: String },
     #[error(transparent)]
     Weights(#[from] WeightsError),
@@ -108,7 +121,7 @@ pub enum EmbeddingError {
 /// Errors about the compute device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("no GPU adapter available for wgpu ({reason}). Install a Vulkan/Metal driver, or use `--device cpu`.")]
+    #[error("no GPU adapter available for wgpu ({reason}). Install a Vulkan/Metal driver, or run on the CPU.")]
     NoAdapter { reason: String },
     #[error("reading a result back from the device failed: {reason}")]
     Readback { reason: String },
@@ -151,6 +164,26 @@ impl InputError {
     }
 }
 
+/// What kind of remedy an error calls for, so each front end can name its own control for it
+/// (the CLI a flag, the page a field) without the library naming either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Give a tokenizer folder (CLI `--tokenizer`).
+    Tokenizer,
+    /// Give the diffusers configs of the checkpoint (CLI `--config`, the page's "Configs from").
+    Configs,
+    /// Load the file as a textual-inversion embedding (CLI `--embedding`).
+    Embedding,
+    /// Give the embedding another token (CLI `--embedding FILE=TOKEN`).
+    EmbeddingToken,
+    /// Run on the CPU (CLI `--device cpu`).
+    Cpu,
+    /// Choose a scheduler explicitly (CLI `--scheduler`).
+    Scheduler,
+    /// Change the setting with this field name (CLI `--field-name`).
+    Setting(&'static str),
+}
+
 /// Any error of the library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -165,17 +198,33 @@ pub enum Error {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
-    Scheduler(#[from] crate::schedulers::SchedulerError),
+    Scheduler(#[from] SchedulerError),
     #[error(transparent)]
     Input(#[from] InputError),
     #[error(transparent)]
-    Suppress(#[from] crate::suppress::SuppressError),
+    Suppress(#[from] SuppressError),
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(#[from] TrainError),
     #[error(transparent)]
-    Photo(#[from] crate::photos::PhotoError),
+    Photo(#[from] PhotoError),
     #[error("cancelled")]
     Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The remedy this error calls for, when a front end has a control for it.
+    pub fn remedy(&self) -> Option<Remedy> {
+        match self {
+            Error::Config(ConfigError::NoTokenizer { .. }) => Some(Remedy::Tokenizer),
+            Error::Weights(WeightsError::UnsupportedCheckpoint { .. }) => Some(Remedy::Configs),
+            Error::Weights(WeightsError::NotACheckpoint { .. }) => Some(Remedy::Embedding),
+            Error::Embedding(EmbeddingError::TokenExists { .. }) => Some(Remedy::EmbeddingToken),
+            Error::Device(DeviceError::NoAdapter { .. }) => Some(Remedy::Cpu),
+            Error::Scheduler(SchedulerError::UnsupportedClass { .. }) => Some(Remedy::Scheduler),
+            Error::Input(InputError::Setting { setting, .. }) => Some(Remedy::Setting(setting)),
+            _ => None,
+        }
+    }
+}
