@@ -170,6 +170,13 @@ fn generate_with_diffusers_latents_reproduces_the_golden_image() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("multiples of 8"));
     let out = pw(&["generate", "--model", tiny_sd1().to_str().unwrap(), "--prompt", "x", "--scheduler", "heun", "--out", "/tmp/x.png"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("heun"));
+    // the library names a setting by its field name; the CLI says its flag
+    let out = pw(&["generate", "--model", tiny_sd1().to_str().unwrap(), "--prompt", "x", "--num-images", "0", "--out", "/tmp/x.png", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--num-images must be at least 1"), "{err}");
+    let settings = pseudoword::jobs::GenerateSettings { num_images: 0, ..Default::default() };
+    let lib = settings.validate().unwrap_err().to_string();
+    assert!(lib.starts_with("num_images must be at least 1") && !lib.contains("--"), "{lib}");
 }
 
 #[test]

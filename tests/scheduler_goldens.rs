@@ -696,8 +696,10 @@ fn errors_say_what_to_do() {
     let err = |r: Result<Box<dyn Scheduler>, SchedulerError>| r.err().expect("error").to_string();
     let e = "heun".parse::<SchedulerKind>().unwrap_err().to_string();
     assert!(e.contains("heun") && e.contains("dpm++2m-karras"), "{e}");
-    let e = SchedulerKind::from_class_name("UniPCMultistepScheduler", &SchedulerConfig::default()).unwrap_err().to_string();
-    assert!(e.contains("UniPCMultistepScheduler") && e.contains("--scheduler"), "{e}");
+    let e = SchedulerKind::from_class_name("UniPCMultistepScheduler", &SchedulerConfig::default()).unwrap_err();
+    assert_eq!(pseudoword::Error::from(e.clone()).remedy(), Some(pseudoword::error::Remedy::Scheduler), "front ends name their control for it");
+    let e = e.to_string();
+    assert!(e.contains("UniPCMultistepScheduler") && e.contains("Choose a scheduler explicitly"), "{e}");
     let bad = SchedulerConfig { timestep_spacing: Some("sideways".into()), ..Default::default() };
     let e = err(create(SchedulerKind::Euler, &bad, &Overrides::default()));
     assert!(e.contains("timestep_spacing") && e.contains("sideways") && e.contains("trailing"), "{e}");

@@ -308,7 +308,7 @@ fn map_layers_of_an_sd1_shaped_unet() {
         "attention_head_dim": 2, "cross_attention_dim": 32
     });
     let c = UNet2DConditionConfig::from_json(&config.to_string(), "test").unwrap();
-    let (mut map, _) = pseudoword::bench::random_weights("test", &UNet2DConditionModel::param_specs(&c), &Device::flex(), 3, pseudoword::weights::WeightStorage::F32);
+    let (mut map, _) = pseudoword::make_model::random_weights("test", &UNet2DConditionModel::param_specs(&c), &Device::flex(), 3, pseudoword::weights::WeightStorage::F32);
     let unet = UNet2DConditionModel::from_map(&c, &mut map);
     let layers = MapLayers::for_unet(&unet, [64, 64]).unwrap();
     assert_eq!(layers.size, [16, 16]);
@@ -356,7 +356,7 @@ fn checkpointed_ito_gradient_matches_autodiff() {
         "attention_head_dim": 2, "cross_attention_dim": 32
     });
     let c = UNet2DConditionConfig::from_json(&config.to_string(), "test").unwrap();
-    let (mut map, _) = pseudoword::bench::random_weights("test", &UNet2DConditionModel::param_specs(&c), &device, 5, pseudoword::weights::WeightStorage::F32);
+    let (mut map, _) = pseudoword::make_model::random_weights("test", &UNet2DConditionModel::param_specs(&c), &device, 5, pseudoword::weights::WeightStorage::F32);
     let unet = UNet2DConditionModel::from_map(&c, &mut map);
     let layers = MapLayers::for_unet(&unet, [16, 16]).unwrap();
     assert_eq!(layers.size, [4, 4]);

@@ -1,5 +1,5 @@
-//! `bench generate --suppress`: the cost of SuppressEOT relative to plain generation, on the
-//! real architectures with random weights. Times a plain CFG step (batch 2), a suppressed step
+//! `bench generate --suppress`: the cost of SuppressEOT relative to plain generation, on a model
+//! loaded through the one loader (see [`super::BenchModel`]). Times a plain CFG step (batch 2), a suppressed step
 //! without ITO (batch 4: both branches, uncond + cond), and an ITO step (pass A, masks,
 //! `opt_iters` x pass B forward + backward stopped after the last map layer, then the batch-4
 //! step), and extrapolates to a whole run with the default schedule (steps before SWR starts
@@ -9,15 +9,21 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{Arch, random_weights};
+use super::{BenchModel, validate_size};
 use crate::error::Error;
-use crate::models::{UNet2DConditionConfig, UNet2DConditionModel, UNetCapture};
+use crate::models::UNetCapture;
 use crate::suppress::{ItoTarget, MapLayers, SuppressParams, SuppressTokens, soft_weighted_regularization};
 
 /// What `bench generate --suppress` measured (seconds, synced after each timed piece).
 #[derive(Debug, serde::Serialize)]
 pub struct SuppressBenchReport {
     pub arch: String,
+    /// The model folder (or file) loaded.
+    pub model: String,
+    /// Seconds `make-model` took to write it first (0: it was there).
+    pub make_seconds: f64,
+    /// The loader's time for the whole pipeline, synced.
+    pub load_seconds: f64,
     pub size: usize,
     pub device: String,
     /// Attention-map size ITO uses at this latent size.
@@ -51,7 +57,7 @@ fn mean(v: &[f64]) -> f64 {
 /// `run_steps`-step suppressed run to a plain one.
 #[allow(clippy::too_many_arguments)]
 pub fn bench_suppress(
-    arch: Arch,
+    model: &BenchModel,
     size: usize,
     steps: usize,
     run_steps: usize,
@@ -61,29 +67,28 @@ pub fn bench_suppress(
     query_chunk: Option<usize>,
     storage: crate::weights::WeightStorage,
 ) -> Result<SuppressBenchReport, Error> {
-    if !size.is_multiple_of(8) || size == 0 {
-        return Err(Error::from(crate::error::InputError::setting("size", format!("must be a positive multiple of 8, got {size}"))));
-    }
+    validate_size(size)?;
     let sync = |d: &Device| d.sync().map_err(|e| Error::from(crate::error::DeviceError::Sync { reason: format!("{e:?}") }));
-    let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
-    let (mut map, _) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
-    let mut unet = UNet2DConditionModel::from_map(&uc, &mut map);
-    unet.set_query_chunk_size(query_chunk);
+    let (mut sd, load_seconds) = model.load(device, storage)?;
+    sd.unet.set_query_chunk_size(query_chunk);
+    let unet = &sd.unet;
     let h = size / 8;
-    let layers = MapLayers::for_unet(&unet, [h, h]).ok_or(crate::error::InputError::NoCrossAttention { what: "SuppressEOT" })?;
-    let dim = arch.cross_attention_dim();
+    let layers = MapLayers::for_unet(unet, [h, h]).ok_or(crate::error::InputError::NoCrossAttention { what: "SuppressEOT" })?;
     let normal = Distribution::Normal(0.0, 1.0);
-    let uncond = Tensor::<3>::random([1, 77, dim], normal, device);
-    let cond = Tensor::<3>::random([1, 77, dim], normal, device);
-    // "BOS w1 w2 w3 TARGET EOS": n = 6, I = {4}
-    let tokens = SuppressTokens { n: 6, target: vec![4] };
+    // "BOS a man wearing glasses EOS": the last word is the target
+    let prompt = "a man wearing glasses";
+    let ids = sd.prompt.tokenize(prompt).input_ids;
+    let eos = ids.iter().position(|&i| i == sd.prompt.tokenizer.eos_id()).unwrap_or(ids.len() - 1);
+    let tokens = SuppressTokens { n: eos + 1, target: vec![eos - 1] };
+    let mut halves = sd.prompt.encode(&["", prompt], false)?.1.last_hidden_state.chunk(2, 0).into_iter();
+    let (uncond, cond) = (halves.next().expect("uncond"), halves.next().expect("cond"));
     sync(device)?;
     let t = Instant::now();
     let swr = pollster::block_on(soft_weighted_regularization(cond.clone(), &tokens, 1.0))?;
     sync(device)?;
     let swr_seconds = t.elapsed().as_secs_f64();
 
-    let mut latents = Tensor::<4>::random([1, 4, h, h], normal, device);
+    let mut latents = Tensor::<4>::random([1, sd.latent_channels(), h, h], normal, device);
     let timestep = |i: usize| 999.0 - 999.0 * i as f64 / steps.max(1) as f64;
     let guide = |eps: Tensor<4>| {
         let mut halves = eps.chunk(2, 0).into_iter();
@@ -117,11 +122,11 @@ pub fn bench_suppress(
         let t = Instant::now();
         let x_orig = both.clone().narrow(0, 0, 1);
         let x_supp = both.clone().narrow(0, 1, 1);
-        let target = pollster::block_on(ItoTarget::new(&unet, &layers, &tokens, x_orig, timestep(i), cond.clone()))?;
+        let target = pollster::block_on(ItoTarget::new(unet, &layers, &tokens, x_orig, timestep(i), cond.clone()))?;
         let mut e = swr.clone();
         for _ in 0..opt_iters {
             let tb = Instant::now();
-            let (_, grad) = target.loss_and_grad(&unet, x_supp.clone(), timestep(i), e.clone());
+            let (_, grad) = target.loss_and_grad(unet, x_supp.clone(), timestep(i), e.clone());
             e = e - grad * 18.0;
             sync(device)?;
             pass_b.push(tb.elapsed().as_secs_f64());
@@ -139,7 +144,10 @@ pub fn bench_suppress(
     let cost_ratio = (shared as f64 * plain + (run_steps - shared - run_ito_steps) as f64 * swr_step + run_ito_steps as f64 * ito_step) / plain_run;
     let cost_ratio_swr_only = (shared as f64 * plain + (run_steps - shared) as f64 * swr_step) / plain_run;
     Ok(SuppressBenchReport {
-        arch: format!("{arch:?}"),
+        arch: model.label.clone(),
+        model: model.path.display().to_string(),
+        make_seconds: model.make_seconds,
+        load_seconds,
         size,
         device: device_name.into(),
         map_size: layers.size,

@@ -1,15 +1,15 @@
 //! `bench train`: one textual-inversion step (text encoder with a trainable row, DDPM noising,
-//! UNet, MSE, backward to the row, gradient readback) at real size with random weights; time
-//! per step and peak memory.
+//! UNet, MSE, backward to the row, gradient readback) at real size, the model loaded through the
+//! one loader (see [`super::BenchModel`]); time per step and peak memory (the whole pipeline's
+//! weights included, as the page holds them while training).
 
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Arch, peak_rss, random_weights};
+use super::{BenchModel, peak_rss, validate_size};
 use crate::error::Error;
-use crate::models::{CLIPTextConfig, CLIPTextModel, UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::PredictionType;
 use crate::weights::WeightStorage;
 use crate::train::{Batch, diffusion_loss, diffusion_loss_checkpointed};
@@ -18,6 +18,10 @@ use crate::train::{Batch, diffusion_loss, diffusion_loss_checkpointed};
 #[derive(Debug, serde::Serialize)]
 pub struct TrainBenchReport {
     pub arch: String,
+    /// The model folder (or file) loaded.
+    pub model: String,
+    /// Seconds `make-model` took to write it first (0: it was there).
+    pub make_seconds: f64,
     pub size: usize,
     pub device: String,
     pub dtype: String,
@@ -25,6 +29,7 @@ pub struct TrainBenchReport {
     pub text_encoder_parameters: usize,
     /// Bytes of the frozen weights as stored on the device (f32).
     pub weight_bytes: u64,
+    /// The loader's time for the whole pipeline, synced.
     pub load_seconds: f64,
     /// Wall time of each training step (forward, backward, gradient readback).
     pub step_seconds: Vec<f64>,
@@ -35,21 +40,10 @@ pub struct TrainBenchReport {
     pub gradient_checkpointing: bool,
 }
 
-fn clip_config(arch: Arch) -> serde_json::Value {
-    match arch {
-        // OpenCLIP ViT-H/14 text tower as SD 2.x ships it (23 layers: the last one is dropped)
-        Arch::Sd21 => serde_json::json!({"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096,
-            "num_hidden_layers": 23, "num_attention_heads": 16, "hidden_act": "gelu"}),
-        // CLIP ViT-L/14 text tower (SD 1.x, BK-SDM)
-        _ => serde_json::json!({"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
-            "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_act": "quick_gelu"}),
-    }
-}
-
 /// Runs `steps` textual-inversion steps at `size` x `size` pixels (batch 1, one vector).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train(
-    arch: Arch,
+    model: &BenchModel,
     size: usize,
     steps: usize,
     device: &Device,
@@ -58,20 +52,14 @@ pub fn bench_train(
     gradient_checkpointing: bool,
     storage: WeightStorage,
 ) -> Result<TrainBenchReport, Error> {
-    if size % 8 != 0 || size == 0 {
-        return Err(Error::from(crate::error::InputError::setting("size", format!("must be a positive multiple of 8, got {size}"))));
-    }
-    let t0 = Instant::now();
-    let uc = UNet2DConditionConfig::from_json(&arch.unet_config().to_string(), "bench unet config")?;
-    let (mut map, unet_parameters) = random_weights("random UNet", &UNet2DConditionModel::param_specs(&uc), device, 1, storage);
-    let mut unet = UNet2DConditionModel::from_map(&uc, &mut map).no_grad();
+    validate_size(size)?;
+    let (sd, load_seconds) = model.load(device, storage)?;
+    let mut unet = sd.unet.clone().no_grad();
     unet.set_query_chunk_size(query_chunk);
-    let cc = CLIPTextConfig::from_json(&clip_config(arch).to_string(), "bench clip config")?;
-    let (mut map, text_encoder_parameters) = random_weights("random CLIP", &CLIPTextModel::param_specs(&cc), device, 3, storage);
-    let te = CLIPTextModel::from_map(&cc, &mut map).no_grad();
+    let te = sd.prompt.text_encoder.clone().no_grad();
+    let (unet_parameters, text_encoder_parameters) = (unet.num_params(), te.num_params());
+    let prediction = sd.scheduler_config.prediction_type.as_deref().and_then(|p| p.parse().ok()).unwrap_or(PredictionType::Epsilon);
     let sync = |d: &Device| d.sync().map_err(|e| Error::from(crate::error::DeviceError::Sync { reason: format!("{e:?}") }));
-    sync(device)?;
-    let load_seconds = t0.elapsed().as_secs_f64();
 
     // scaled_linear alphas_cumprod (SD 1.x/2.x training schedule)
     let (a, b) = (0.00085f64.sqrt(), 0.012f64.sqrt());
@@ -81,11 +69,10 @@ pub fn bench_train(
         p *= 1.0 - (a + (b - a) * i as f64 / 999.0).powi(2);
         acp.push(p);
     }
-    let prediction = if arch == Arch::Sd21 { PredictionType::VPrediction } else { PredictionType::Epsilon };
-    let d = cc.hidden_size;
-    let placeholder = 2368u32; // "cat": its row is replaced by the trainable one
-    let mut ids = vec![49406u32, 320, 1125, 539, 320, placeholder, 49407];
-    ids.resize(77, 49407);
+    let d = te.hidden_size();
+    // "a photo of a cat" as the model's tokenizer pads it; "cat"'s row is replaced by the trainable one
+    let ids = sd.prompt.tokenize("a photo of a cat").input_ids;
+    let placeholder = ids[5];
     let grad_device = device.clone().autodiff();
     let h = size / 8;
     let mut peak = 0u64;
@@ -123,7 +110,9 @@ pub fn bench_train(
     let (peak_memory_bytes, memory_source) =
         if device.memory_pool_usage().is_some() { (peak, "device memory pool, reserved bytes") } else { (peak_rss(), "process peak RSS (CPU backend)") };
     Ok(TrainBenchReport {
-        arch: format!("{arch:?}"),
+        arch: model.label.clone(),
+        model: model.path.display().to_string(),
+        make_seconds: model.make_seconds,
         size,
         device: device_name.into(),
         dtype: format!("{storage:?} weights, f32 compute").to_lowercase(),

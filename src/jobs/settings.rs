@@ -188,7 +188,9 @@ pub struct EditSettings {
     pub steps: usize,
     /// Square size in pixels the photo is cropped and resized to (a multiple of 8; default: the
     /// model's native size, e.g. 512 for SD 1.5).
+    /// (The page sends its generation form's `width`.)
     #[cfg_attr(not(target_arch = "wasm32"), arg(long))]
+    #[serde(alias = "width")]
     pub size: Option<usize>,
     /// Classifier-free guidance scale (> 1).
     #[cfg_attr(not(target_arch = "wasm32"), arg(long, default_value_t = 7.5))]

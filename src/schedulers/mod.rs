@@ -251,8 +251,8 @@ pub trait Scheduler {
 
     /// The forward (noising) process of this scheduler at `timestep`, for img2img and training:
     /// `sqrt(acp[t]) x + sqrt(1 - acp[t]) n` for DDIM/PNDM/DPM-Solver, `x + n * sigma(t)` for the
-    /// sigma schedulers (sigma of the schedule entry equal to `timestep` (diffusers'
-    /// `index_for_timestep`), else interpolated from the training table). Shapes: `[b, c, h, w]`.
+    /// sigma schedulers (the sigma of the schedule entry equal to `timestep`, found like diffusers'
+    /// `index_for_timestep`, else interpolated from the training table). Shapes: `[b, c, h, w]`.
     ///
     /// # Panics
     /// If `timestep` is outside `[0, num_train_timesteps)`.

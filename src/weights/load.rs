@@ -76,18 +76,31 @@ impl std::str::FromStr for WeightStorage {
     }
 }
 
+// safetensors stores little-endian values; wasm32 and every supported native target are
+// little-endian, so the bytes are the values: one bulk copy (bytemuck, any alignment) and, where
+// the dtype changes, half's slice conversions instead of a per-value loop.
+const _: () = assert!(cfg!(target_endian = "little"), "weights are read as little-endian values");
+
 fn to_f16(bytes: &[u8], dtype: WeightDtype) -> Vec<half::f16> {
+    use half::slice::HalfFloatSliceExt;
     match dtype {
-        WeightDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect(),
-        other => to_f32(bytes, other).into_iter().map(half::f16::from_f32).collect(),
+        WeightDtype::F16 => bytemuck::pod_collect_to_vec(bytes),
+        WeightDtype::F32 => {
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
+            let mut out = vec![half::f16::ZERO; v.len()];
+            out.convert_from_f32_slice(&v);
+            out
+        }
+        WeightDtype::BF16 => to_f32(bytes, dtype).into_iter().map(half::f16::from_f32).collect(),
     }
 }
 
 fn to_f32(bytes: &[u8], dtype: WeightDtype) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
     match dtype {
-        WeightDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        WeightDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        WeightDtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        WeightDtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+        WeightDtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).to_f32_vec(),
+        WeightDtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(bytes).to_f32_vec(),
     }
 }
 

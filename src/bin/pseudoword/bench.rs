@@ -1,8 +1,12 @@
-//! `pseudoword bench generate`: real architectures with random weights, timings and memory.
+//! `pseudoword bench generate|train`: a model loaded through the real loading path (any folder
+//! with `--model`, else the `--arch` folder `make-model` writes once into a cache), timings and
+//! memory.
+
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use pseudoword::bench::suppress::bench_suppress;
-use pseudoword::bench::{Arch, bench_generate, bench_train};
+use pseudoword::bench::{Arch, BenchModel, bench_generate, bench_train, validate_size};
 use pseudoword::error::Error;
 use pseudoword::weights::WeightStorage;
 use pseudoword::native::{DeviceChoice, select_device};
@@ -17,9 +21,17 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct BenchGenerate {
-    /// sd15 | sd21 | bk-sdm-tiny
+    /// sd15 | sd21 | sd21-base | sd-turbo | bk-sdm-small | bk-sdm-tiny: the architecture's model,
+    /// made once with `make-model` into `$PSEUDOWORD_MODELS/<arch>[-fp16]` (default
+    /// `~/.cache/pseudoword/models`) and reused.
     #[arg(long, default_value = "sd15")]
     arch: Arch,
+    /// Bench this model folder (or single-file checkpoint) instead of `--arch`'s.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Weights variant to load (`fp16`: `*.fp16.safetensors`; with `--arch`, the fp16 folder is made).
+    #[arg(long)]
+    variant: Option<String>,
     /// Image size in pixels (square).
     #[arg(long, default_value_t = 512)]
     size: usize,
@@ -53,6 +65,15 @@ pub struct BenchGenerate {
     run_steps: usize,
 }
 
+/// The model of a bench: `--model`, else `--arch`'s cached folder (made when missing).
+fn model(a: &BenchGenerate) -> Result<BenchModel, Error> {
+    validate_size(a.size)?;
+    match &a.model {
+        Some(path) => Ok(BenchModel::folder(path, a.variant.as_deref())),
+        None => BenchModel::arch(a.arch, a.variant.as_deref()),
+    }
+}
+
 pub fn run(cmd: BenchCommand) -> Result<(), Error> {
     let (BenchCommand::Train(a) | BenchCommand::Generate(a)) = &cmd;
     pseudoword::kernels::flash_attention::set_enabled(!a.no_flash_attention);
@@ -60,14 +81,14 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
         BenchCommand::Train(a) => {
             let (device, name) = select_device(a.device)?;
             let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
-            let report = bench_train(a.arch, a.size, a.steps, &device, name, chunk, !a.no_checkpointing, a.dtype)?;
+            let report = bench_train(&model(&a)?, a.size, a.steps, &device, name, chunk, !a.no_checkpointing, a.dtype)?;
             let steps = &report.step_seconds;
             // the first step includes one-time allocation; report the rest when there are more
             let timed = if steps.len() > 1 { &steps[1..] } else { &steps[..] };
             let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
             eprintln!(
-                "train {:?} {}x{} on {} (checkpointing {}): {:.2} s per step (mean of {}), peak memory {:.2} GiB ({}), weights {:.2} GiB",
-                a.arch,
+                "train {} {}x{} on {} (checkpointing {}): {:.2} s per step (mean of {}), peak memory {:.2} GiB ({}), weights {:.2} GiB, load {:.1} s",
+                report.arch,
                 a.size,
                 a.size,
                 name,
@@ -76,7 +97,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
                 timed.len(),
                 report.peak_memory_bytes as f64 / (1u64 << 30) as f64,
                 report.memory_source,
-                report.weight_bytes as f64 / (1u64 << 30) as f64
+                report.weight_bytes as f64 / (1u64 << 30) as f64,
+                report.load_seconds
             );
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
             Ok(())
@@ -84,21 +106,22 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
         BenchCommand::Generate(a) => {
             let (device, name) = select_device(a.device)?;
             let chunk = (a.query_chunk > 0).then_some(a.query_chunk);
+            let m = model(&a)?;
             if a.suppress {
-                let r = bench_suppress(a.arch, a.size, a.steps, a.run_steps, a.suppress_opt_iters, &device, name, chunk, a.dtype)?;
+                let r = bench_suppress(&m, a.size, a.steps, a.run_steps, a.suppress_opt_iters, &device, name, chunk, a.dtype)?;
                 eprintln!(
-                    "{:?} {}x{} on {}: SuppressEOT costs {:.2}x plain generation over {} steps ({} with ITO x {} iterations; {:.2}x with SWR only)",
-                    a.arch, a.size, a.size, name, r.cost_ratio, r.run_steps, r.run_ito_steps, r.opt_iters, r.cost_ratio_swr_only
+                    "{} {}x{} on {}: SuppressEOT costs {:.2}x plain generation over {} steps ({} with ITO x {} iterations; {:.2}x with SWR only)",
+                    r.arch, a.size, a.size, name, r.cost_ratio, r.run_steps, r.run_ito_steps, r.opt_iters, r.cost_ratio_swr_only
                 );
                 println!("{}", serde_json::to_string(&r).expect("report serializes"));
                 return Ok(());
             }
-            let report = bench_generate(a.arch, a.size, a.steps, &device, name, chunk, a.dtype)?;
+            let report = bench_generate(&m, a.size, a.steps, &device, name, chunk, a.dtype)?;
             let steps = &report.unet_step_seconds;
             let mean = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
             eprintln!(
-                "{:?} {}x{} on {}: {:.2} s per UNet step (mean of {}), VAE decode {:.2} s, peak memory {:.2} GiB ({}), flash-attention kernel launches {}",
-                a.arch,
+                "{} {}x{} on {}: {:.2} s per UNet step (mean of {}), VAE decode {:.2} s, peak memory {:.2} GiB ({}), flash-attention kernel launches {}, load {:.1} s",
+                report.arch,
                 a.size,
                 a.size,
                 name,
@@ -107,7 +130,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Error> {
                 report.vae_decode_seconds,
                 report.peak_memory_bytes as f64 / (1u64 << 30) as f64,
                 report.memory_source,
-                report.flash_attention_launches
+                report.flash_attention_launches,
+                report.load_seconds
             );
             println!("{}", serde_json::to_string(&report).expect("report serializes"));
             Ok(())

@@ -19,6 +19,7 @@ mod convert;
 mod edit;
 mod generate;
 mod heatmaps;
+mod make_model;
 mod train;
 mod suppress;
 use pseudoword::error::Error;
@@ -71,6 +72,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Convert a textual-inversion embedding between diffusers and AUTOMATIC1111 formats; prints one JSON line.
     ConvertEmbedding(convert::ConvertEmbeddingArgs),
+    /// Write a full-size model (public configs, real tokenizer, random weights) as a diffusers folder or single file; prints one JSON line.
+    MakeModel(make_model::MakeModelArgs),
     /// Benchmarks with real architectures and random weights.
     Bench {
         #[command(subcommand)]
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Train(args) => train::run(*args),
         Command::Edit(args) => edit::run(*args),
         Command::Bench { what } => bench::run(what),
+        Command::MakeModel(args) => make_model::run(args),
         Command::ConvertEmbedding(args) => convert::run(args),
         Command::Encode { common, prompt, out, variant, all_hidden_states, suppress } => {
             encode(&common, &prompt, &out, variant.as_deref(), all_hidden_states, &suppress)

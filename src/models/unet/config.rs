@@ -95,7 +95,8 @@ pub struct UNet2DConditionConfig {
     pub addition_embed_type: Option<Value>,
     #[serde(default)]
     pub num_class_embeds: Option<Value>,
-    #[serde(default)]
+    /// `null` in some published configs (SD-Turbo); diffusers reads it as false.
+    #[serde(default, deserialize_with = "null_as_false")]
     pub upcast_attention: bool,
     #[serde(default = "d_default")]
     pub resnet_time_scale_shift: String,
@@ -120,6 +121,10 @@ pub struct UNet2DConditionConfig {
     pub attention_type: String,
     #[serde(default)]
     pub cross_attention_norm: Option<Value>,
+}
+
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(<Option<bool> as serde::Deserialize>::deserialize(d)?.unwrap_or(false))
 }
 
 fn d_4() -> usize {
