@@ -19,6 +19,10 @@
 //          suppress required, null_text_iters?}}  // SuppressEOT on a photo: progress stage "invert"
 //          per inversion step, then as generate (original_* = the photo's reconstruction, edit: true)
 //     {id, command: "cancel"}          // handled at once, never queued (see below); also stops a load
+//     {id, command: "debug_memory", pool?: bool}  // handled at once, never queued (a bench polls it
+//          during a load or a generation, scripts/bench-page.mjs); the GPU pool is read when a model
+//          is loaded, or with pool: true (only once a load uploads weights: earlier it would start a
+//          second GPU device beside the load's)
 //   worker -> main
 //     {status: "ready", defaults: {generate, suppress, edit, train}}  // no id: posted once, as soon
 //          as the wasm module is up (at start): settings_defaults(), the library's default settings
@@ -47,9 +51,13 @@
 //     {id, status: "cancelled", command: "generate", done, total}
 //     {id, status: "cancelled", command: "load"}   // the load was cancelled; no model is loaded
 //     {id, status: "result", command: "cancel", result: {running: bool, queued: n, loading: bool}}
+//     {id, status: "result", command: "debug_memory", result: {wasm_heap_bytes /* WebAssembly.Memory
+//          byteLength; null before the module is up */, pool: {in_use, reserved} /* bytes */ | null,
+//          pool_error? /* why the pool could not be read */}}
 //     {id, status: "error", command, message, kind: "oom" | "device_lost" | "crash" | null /* with advice in message */}
 // Commands run one at a time, in order of arrival, except "cancel": it is answered at once and
-// makes the running generation stop before its next step (and queued ones never start).
+// makes the running generation stop before its next step (and queued ones never start); and
+// "debug_memory", answered at once too.
 // Training commands: see worker-train.js ("train_control" is answered at once too); embedding
 // library: worker-library.js.
 
@@ -61,6 +69,7 @@ import { selectFiles, normalizeModelUrl, modelName, isSingleFileUrl, singleFileK
 import { fetchModel, deleteCached } from "./models-store.js";
 
 let wasmReady = null; // promise of the imported ./pkg/pseudoword.js module, initialised
+let wasmExports = null; // what the wasm-bindgen init resolved to (its `memory`: the wasm heap)
 let session = null;
 
 // One import + init per worker, shared by every caller (the start-up "ready" and the first
@@ -86,7 +95,7 @@ async function initWasm() {
     );
   }
   try {
-    await mod.default();
+    wasmExports = await mod.default();
   } catch (err) {
     throw new Error("Could not start the WebAssembly module ./pkg/pseudoword_bg.wasm: " + errorMessage(err));
   }
@@ -581,6 +590,17 @@ function cancel({ id }) {
   postMessage({ id, status: "result", command: "cancel", result: { running: wasRunning, queued, loading: wasLoading } });
 }
 
+// The wasm heap and the GPU memory pool, for benches (see the protocol above).
+async function debugMemory({ id, pool }) {
+  const result = { wasm_heap_bytes: wasmExports?.memory?.buffer.byteLength ?? null, pool: null };
+  try {
+    if (wasmExports && (session || pool === true)) result.pool = plain(await (await wasmReady).memory_usage());
+  } catch (err) {
+    result.pool_error = errorMessage(err);
+  }
+  postMessage({ id, status: "result", command: "debug_memory", result });
+}
+
 const LIBRARY = makeLibraryHandlers({ getSession: () => session, ensureWasm, plain });
 const TRAIN = makeTrainHandlers({ requireSession, plain, maybeAwait, yieldToEventLoop, library: LIBRARY });
 const HANDLERS = { load, models_delete: modelsDelete, encode, tokenize, generate, edit: generate, ...TRAIN.queued, ...LIBRARY.queued };
@@ -592,6 +612,10 @@ self.onmessage = (event) => {
   if (msg.command === "cancel") {
     // Not queued: the generation it targets is what occupies the queue.
     cancel(msg);
+    return;
+  }
+  if (msg.command === "debug_memory") {
+    debugMemory(msg);
     return;
   }
   if (TRAIN.immediate[msg.command]) {

@@ -33,23 +33,21 @@ use std::str::FromStr;
 
 use burn::tensor::{Tensor, TensorData};
 
+pub use crate::error::SchedulerError;
+pub use crate::prediction_type::PredictionType;
 pub use config::{
     AlgorithmType, BetaSchedule, ClassOptions, FinalSigmasType, InterpolationType, Overrides, ResolvedConfig, SchedulerConfig, SolverType,
     TimestepSpacing,
 };
-pub use crate::prediction_type::PredictionType;
 pub use ddim::DDIMScheduler;
 pub use dpmsolver_multistep::DPMSolverMultistepScheduler;
 pub use euler_ancestral_discrete::EulerAncestralDiscreteScheduler;
 pub use euler_discrete::EulerDiscreteScheduler;
 pub use lms_discrete::LMSDiscreteScheduler;
 pub use pndm::PNDMScheduler;
-pub use crate::error::SchedulerError;
 pub use schedule::{Parameterization, ScheduleState};
 
 use config::Class;
-
-
 
 /// Which scheduler to build. CLI names: `ddim`, `pndm`, `euler`, `euler-a`, `dpm++2m`,
 /// `dpm++2m-karras`, `lms`.
