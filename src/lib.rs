@@ -1,9 +1,13 @@
 //! pseudoword: Stable Diffusion personalization (textual inversion, SuppressEOT) that runs on
 //! the user's GPU, in the browser (burn + WebGPU, wasm) and natively (wgpu or CPU).
 //!
-//! Layout (see README): [`tokenizer`] CLIP BPE; [`weights`] streamed safetensors loading;
-//! [`models`] diffusers/transformers modules; [`pipeline`] prompt encoding; [`embedding_files`]
-//! textual-inversion files; [`native`] CLI-side helpers; `web` the wasm-bindgen surface.
+//! Layout (see README and docs/ARCHITECTURE.md; each layer uses only those below it):
+//! [`error`] every typed error; [`tokenizer`], [`weights`], [`models`], [`schedulers`],
+//! [`prediction_type`] the foundation; [`attention_maps`], [`photos`], [`readback`],
+//! [`embedding_files`] shared parts; [`pipeline`] the model and THE denoising loop
+//! ([`pipeline::denoise`]); [`suppress`] and [`train`] the algorithms; [`loader`] THE model
+//! loader; [`jobs`] one settings type per job and the runs both front ends drive; front ends:
+//! `native` + the CLI, `web` (wasm-bindgen), `bench`, `make_model`.
 
 pub mod attention_maps;
 pub mod embedding_files;
