@@ -29,7 +29,7 @@
 //    pages counted once per process), encode_s, generate_size, generate_steps, generate_s,
 //    pool_reserved_peak_generate, adapter, plus details (step_ms, decode_s, peaks per phase,
 //    make_model_s when the folder was made now). Exit 0. On failure: the same line with
-//    `error` and `phase` (what was measured so far stays in it), exit 1.
+//    `error` and `phase` (what was measured so far stays in it), exit 1; also on SIGINT/SIGTERM.
 // Progress goes to stderr. Env: PSEUDOWORD_LOAD_TIMEOUT_MS (default 5400000),
 // PSEUDOWORD_ENCODE_TIMEOUT_MS (1800000), PSEUDOWORD_GENERATE_TIMEOUT_MS (5400000).
 // SwiftShader (software WebGPU, no shader-f16) is a CPU rasteriser: keep --size small (at 512
@@ -329,6 +329,18 @@ function pageHook() {
 
 // ------------------------------------------------------------------ main
 
+// What a signal handler needs to report and clean up (SIGINT / SIGTERM: the JSON line so far).
+const running = { out: null, phase: "args", server: null, profile: null, keepProfile: false, peaks: null };
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    const out = { ...(running.out || {}), error: `interrupted by ${sig}`, phase: running.phase, peaks: running.peaks };
+    process.stdout.write(JSON.stringify(out) + "\n");
+    running.server?.child.kill();
+    if (running.profile && !running.keepProfile) rmSync(running.profile, { recursive: true, force: true });
+    process.exit(1); // Playwright closes the browser it started on exit
+  });
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const secs = (ms) => (ms == null ? null : Math.round(ms) / 1000);
 
@@ -353,7 +365,9 @@ async function main() {
     pool_reserved_peak_generate: null,
     adapter: null,
   };
-  let phase = "model";
+  running.out = out;
+  running.keepProfile = opts.keepProfile;
+  let phase = (running.phase = "model");
   let server = null;
   let context = null;
   let profile = null;
@@ -361,6 +375,7 @@ async function main() {
   let stop = false; // ends the memory sampler
   const consoleErrors = [];
   const peaks = {}; // phase -> {wasm_heap, pool_in_use, pool_reserved, rss}
+  running.peaks = peaks;
   try {
     let dir = opts.model;
     let made = null;
@@ -372,16 +387,16 @@ async function main() {
     out.model_bytes = dirBytes(dir);
     if (made) out.make_model_s = made.seconds;
 
-    phase = "serve";
+    phase = running.phase = "serve";
     const prefix = `/models/${encodeURIComponent(opts.arch)}/`;
-    server = await startServer(prefix, dir);
+    server = running.server = await startServer(prefix, dir);
     const modelUrl = new URL(prefix, server.url).href;
     log(`serving ${server.url}, model at ${modelUrl} (${(out.model_bytes / 1e9).toFixed(2)} GB)`);
 
-    phase = "browser";
+    phase = running.phase = "browser";
     const require = createRequire(path.join(REPO, "tests/browser/package.json"));
     const { chromium } = require("playwright-core");
-    profile = mkdtempSync(path.join(tmpdir(), "pseudoword-bench-"));
+    profile = running.profile = mkdtempSync(path.join(tmpdir(), "pseudoword-bench-"));
     context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: WEBGPU_FLAGS, viewport: { width: 1100, height: 1400 } });
     await context.addInitScript(pageHook);
     const page = context.pages()[0] || (await context.newPage());
@@ -440,7 +455,7 @@ async function main() {
     })();
 
     // ---- load
-    phase = "load";
+    phase = running.phase = "load";
     await page.fill("#model-url", modelUrl);
     await page.selectOption("#weights", opts.variant || "fp32");
     await page.selectOption("#storage", opts.storage);
@@ -470,7 +485,7 @@ async function main() {
     log(`loaded in ${out.load_wall_s} s: download ${out.download_s} s, upload ${out.upload_s} s; wasm heap ${out.wasm_heap_after_bytes}, pool ${JSON.stringify(mAfter?.pool)}`);
 
     // ---- encode
-    phase = "encode";
+    phase = running.phase = "encode";
     samplePhase = "encode";
     await page.fill("#prompt", opts.prompt);
     const seq = await page.evaluate(() => window.__pseudoword.seq);
@@ -484,7 +499,7 @@ async function main() {
     log(`encoded in ${out.encode_s} s (shape ${JSON.stringify(enc.shape)})`);
 
     // ---- generate
-    phase = "generate";
+    phase = running.phase = "generate";
     samplePhase = "generate";
     const before = await page.evaluate(() => window.__pseudoword.generation.seq);
     await page.fill("#gen-prompt", opts.prompt);
@@ -514,7 +529,7 @@ async function main() {
     await sample();
     out.pool_reserved_peak_generate = Math.max(peaks.generate?.pool_reserved ?? 0, peaks.after_generate?.pool_reserved ?? 0) || null;
     log(`generated in ${out.generate_s} s (steps ${JSON.stringify(out.step_ms)} ms, decode ${out.decode_s} s)`);
-    phase = "done";
+    phase = running.phase = "done";
   } catch (err) {
     out.error = err.message || String(err);
     out.phase = phase;
