@@ -400,11 +400,14 @@ async function main() {
     context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: WEBGPU_FLAGS, viewport: { width: 1100, height: 1400 } });
     await context.addInitScript(pageHook);
     const page = context.pages()[0] || (await context.newPage());
-    page.on("console", (msg) => {
-      if (msg.type() === "error" && consoleErrors.length < 20) consoleErrors.push(msg.text().slice(0, 2000));
-    });
-    page.on("pageerror", (err) => consoleErrors.length < 20 && consoleErrors.push(`pageerror: ${err.message}`.slice(0, 2000)));
-    page.on("crash", () => consoleErrors.push("the page crashed"));
+    // console errors (the worker's too), without stacks, each distinct one once, at most 10
+    const noteError = (text) => {
+      const head = text.split("\n\nStack:")[0].slice(0, 600);
+      if (consoleErrors.length < 10 && !consoleErrors.includes(head)) consoleErrors.push(head);
+    };
+    page.on("console", (msg) => msg.type() === "error" && noteError(msg.text()));
+    page.on("pageerror", (err) => noteError(`pageerror: ${err.message}`));
+    page.on("crash", () => noteError("the page crashed"));
     await page.goto(server.url, { waitUntil: "load" });
     await page.waitForFunction(() => window.__pseudoword && window.__pseudoword.gpu !== null, null, { timeout: 120_000 });
     const gpu = await page.evaluate(() => window.__pseudoword.gpu);

@@ -25,12 +25,24 @@ export async function largestTensor(blob) {
 // f16) exceeds the adapter's maxStorageBufferBindingSize or maxBufferSize. `files`: {relative
 // path: Blob}; every weights file is looked at (*.safetensors, and `singleFile`, the key of a
 // single-file checkpoint, whatever its name). `limits` overrides the adapter's (test hook);
-// without WebGPU in the worker nothing is checked.
+// without WebGPU in the worker nothing is checked. f16 storage on an adapter without
+// "shader-f16" is refused with what to choose instead.
 export async function checkLimits(files, storage, limits, singleFile = null) {
-  if (!limits) {
+  // `limits.shaderF16` (test hook) stands in for the adapter's "shader-f16" feature
+  let shaderF16 = limits?.shaderF16;
+  if (!limits || shaderF16 === undefined) {
     const adapter = await globalThis.navigator?.gpu?.requestAdapter?.();
     if (!adapter) return null;
-    limits = adapter.limits;
+    limits ??= adapter.limits;
+    shaderF16 ??= adapter.features.has("shader-f16");
+  }
+  // f16 weights need f16 shaders: without the feature the first kernel fails to compile and the
+  // worker dies (SwiftShader, Chrome on Linux/NVIDIA), so refuse before anything is uploaded
+  if (storage === "f16" && !shaderF16) {
+    throw new Error(
+      'This GPU has no "shader-f16" feature, so weights cannot be kept in f16 here (its shaders would not compile). ' +
+        'Choose "f32" or "auto" under "Weights in GPU memory".',
+    );
   }
   const per = storage === "f16" ? 2 : 4;
   for (const [path, blob] of Object.entries(files)) {
@@ -44,7 +56,7 @@ export async function checkLimits(files, storage, limits, singleFile = null) {
         throw new Error(
           `This GPU's ${limit} is ${fmt(value)} (${value} bytes), but the model's largest tensor (${t.name} in ${blob.name || path}) needs ` +
             `${fmt(bytes)} in ${storage}. ` +
-            (storage === "f32" ? `Choose "f16" under "Weights in GPU memory" (halves it), ` : "") +
+            (storage === "f32" && shaderF16 ? `Choose "f16" under "Weights in GPU memory" (halves it), ` : "") +
             `use a smaller model, or another browser or GPU with a higher ${limit} (desktop Chrome/Edge on a discrete GPU usually allows 2 GiB or more).`,
         );
       }

@@ -222,12 +222,22 @@ export async function caseCsp(h) {
   // an adapter whose limits are below the model's largest tensor: which limit, its value, what to do
   await page.fill("#model-url", "/models/tiny-sd1/");
   h.forgetModel();
-  await page.evaluate(() => (window.__pseudoword.testHooks.limits = { maxStorageBufferBindingSize: 1000, maxBufferSize: 1 << 30 }));
+  await page.evaluate(() => (window.__pseudoword.testHooks.limits = { maxStorageBufferBindingSize: 1000, maxBufferSize: 1 << 30, shaderF16: true }));
   await page.click("#load-button");
   await page.waitForFunction(() => ["loaded", "error"].includes(document.body.dataset.state), null, { timeout: 300_000 });
   await page.evaluate(() => (window.__pseudoword.testHooks.limits = null));
   const limits = await page.textContent("#load-error");
   assert.match(limits, /This GPU's maxStorageBufferBindingSize is 0\.0 MiB \(1000 bytes\), but the model's largest tensor \(.+\) needs .+ in f32/, limits);
   assert.match(limits, /Choose "f16"/);
-  return `header = meta; fetch refused (${refused.seen[0]}); custom host message shown; low-limit message: ${JSON.stringify(limits.slice(0, 80))}…`;
+  // f16 storage where the adapter has no shader-f16 (SwiftShader): refused before any upload,
+  // instead of a worker that dies on its first f16 shader
+  await page.selectOption("#storage", "f16");
+  h.forgetModel();
+  await page.click("#load-button");
+  await page.waitForFunction(() => ["loaded", "error"].includes(document.body.dataset.state), null, { timeout: 300_000 });
+  const f16 = await page.textContent("#load-error");
+  assert.match(f16, /no "shader-f16" feature/, f16);
+  assert.match(f16, /Choose "f32" or "auto"/, f16);
+  await page.selectOption("#storage", "auto");
+  return `header = meta; fetch refused (${refused.seen[0]}); custom host message shown; low-limit message: ${JSON.stringify(limits.slice(0, 80))}…; f16 without shader-f16 refused`;
 }
