@@ -35,12 +35,13 @@
 // SwiftShader (software WebGPU, no shader-f16) is a CPU rasteriser: keep --size small (at 512
 // one UNet step takes tens of minutes); the weights are full size either way.
 
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { startServe } from "./start-serve.mjs";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -202,27 +203,7 @@ function ensureModel(arch, variant) {
 // ------------------------------------------------------------------ server
 
 function startServer(prefix, dir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0", "--mount", `${prefix}=${dir}`], {
-      cwd: REPO,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`serve.mjs did not start: ${out}`)), 15_000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = /serving (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, url: m[1] });
-      }
-    });
-    child.stderr.on("data", (d) => process.stderr.write(`[serve] ${d}`));
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`serve.mjs exited with ${code}: ${out}`));
-    });
-  });
+  return startServe(["--mount", `${prefix}=${dir}`]);
 }
 
 // ------------------------------------------------------------------ Chromium's memory

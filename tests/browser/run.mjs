@@ -12,8 +12,9 @@
 // PSEUDOWORD_PKG_DIR (serve this folder as /pkg/ instead of www/pkg, e.g. another build).
 
 import { chromium } from "playwright-core";
+import { startServe } from "../../scripts/start-serve.mjs";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -123,28 +124,7 @@ function startServer() {
   extra.push("--mount", `${RESUME_PREFIX}=${path.join(REPO, "tests/fixtures/tiny-sd1")}`);
   mkdirSync(LDM_DIR, { recursive: true }); // case xvi writes its single-file checkpoint here
   extra.push("--mount", `/models/ldm/=${LDM_DIR}`);
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, "scripts/serve.mjs"), "--port", "0", ...extra], {
-      cwd: REPO,
-      env: { ...process.env, PSEUDOWORD_SERVE_ABORT_ONCE: `${RESUME_PREFIX}${RESUME_FILE}=${RESUME_CUT}` },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`serve.mjs did not start: ${out}`)), 15_000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = /serving (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, url: m[1] });
-      }
-    });
-    child.stderr.on("data", (d) => process.stderr.write(`[serve] ${d}`));
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`serve.mjs exited with ${code}: ${out}`));
-    });
-  });
+  return startServe(extra, { ...process.env, PSEUDOWORD_SERVE_ABORT_ONCE: `${RESUME_PREFIX}${RESUME_FILE}=${RESUME_CUT}` });
 }
 
 // ------------------------------------------------------------------ browser
