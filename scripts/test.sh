@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: everything CI runs.
 #   1. test needs: system Chromium and Mesa's software Vulkan (apt), tests/browser's npm packages (npm ci)
-#   2. native tests: cargo test -j2
+#   2. no module cycles (scripts/check-cycles.mjs), native tests: cargo test -j2
 #   3. the web build: scripts/ensure-tools.sh + scripts/build-web.sh
 #   4. browser end-to-end tests: node tests/browser/run.mjs (headless Chromium, WebGPU on SwiftShader)
 # Honours CARGO_TARGET_DIR. Prints one timing line per phase.
@@ -33,6 +33,10 @@ if [[ ! -x /usr/bin/chromium ]] || ! dpkg -s mesa-vulkan-drivers >/dev/null 2>&1
 fi
 command -v node >/dev/null || { echo "test.sh: node (>= 18) is required" >&2; exit 1; }
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+phase_done
+
+phase "layering (scripts/check-cycles.mjs: no module cycles in src/ or www/)"
+node scripts/check-cycles.mjs
 phase_done
 
 phase "native tests (cargo test -j2)"
