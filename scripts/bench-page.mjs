@@ -41,27 +41,14 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, r
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { startServe } from "./start-serve.mjs";
+import { CHROMIUM, WEBGPU_FLAGS, startServe } from "./start-serve.mjs";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const LOAD_TIMEOUT = Number(process.env.PSEUDOWORD_LOAD_TIMEOUT_MS || 5_400_000);
 const ENCODE_TIMEOUT = Number(process.env.PSEUDOWORD_ENCODE_TIMEOUT_MS || 1_800_000);
 const GENERATE_TIMEOUT = Number(process.env.PSEUDOWORD_GENERATE_TIMEOUT_MS || 5_400_000);
 const POLL_MS = 2000;
 const ARCHS = ["sd15", "sd21", "sd21-base", "sd-turbo", "bk-sdm-small", "bk-sdm-tiny"];
-// As tests/browser/run.mjs (docs/BROWSER.md, "Real browser").
-const WEBGPU_FLAGS = [
-  "--headless=new",
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 const log = (...a) => process.stderr.write(`[bench-page ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`);
 

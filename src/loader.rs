@@ -317,11 +317,14 @@ pub async fn load<F: ModelFiles>(
     drop((header, source));
     let prompt = PromptEncoder::new(tokenizer, model);
     let report = LoadReport { text_config, weights_file, weights_dtype };
-    let has_unet = files.read_text("unet/config.json").await?.is_some();
-    if opts.parts == Parts::TextEncoder || (opts.parts == Parts::Available && !has_unet) {
+    if opts.parts == Parts::TextEncoder {
         return Ok((Loaded::Text(prompt), report));
     }
-    let unet_config = required_text(files, "unet/config.json").await?;
+    let unet_config = match files.read_text("unet/config.json").await? {
+        Some(text) => text,
+        None if opts.parts == Parts::Available => return Ok((Loaded::Text(prompt), report)),
+        None => required_text(files, "unet/config.json").await?,
+    };
     let (_, unet_src) = open_weights(files, "unet", variant)?;
     let unet = load_component::<UNet2DConditionModel, _>(&unet_config, &files.display("unet/config.json"), &unet_src, device, storage, &mut staged(&mut *progress, "unet")).await?;
     drop(unet_src);

@@ -25,6 +25,12 @@ pub struct A1111Parameters {
 }
 
 impl A1111Parameters {
+    /// The same parameters without the extra keys: the unsuppressed branch of a SuppressEOT run
+    /// (an edit's reconstruction) is a plain image.
+    pub fn plain(&self) -> Self {
+        Self { extra: vec![], ..self.clone() }
+    }
+
     /// The `parameters` chunk text.
     pub fn to_text(&self) -> String {
         let mut s = self.prompt.clone();

@@ -11,7 +11,7 @@ use super::heatmaps::{Branch, heatmaps_js};
 use super::{Session, js_err, set};
 use crate::jobs::{EditSettings, GenerateSettings, Generation, SuppressSettings};
 use crate::pipeline::Denoise;
-use crate::pipeline::png_out::{A1111Parameters, a1111_sampler, encode_png, to_rgb8};
+use crate::pipeline::png_out::{a1111_sampler, encode_png, to_rgb8};
 use crate::readback::read_f32;
 
 /// What the page sends to `start_generation` / `start_edit`: the job's settings (field names
@@ -153,7 +153,7 @@ impl Session {
         set(&o, "png", Uint8Array::from(png.as_slice()));
         set(&o, "parameters", text.clone());
         if let Some(orig) = &original {
-            let plain = A1111Parameters { extra: vec![], ..out.parameters.clone() }.to_text();
+            let plain = out.parameters.plain().to_text();
             let mut png = Vec::new();
             encode_png(&to_rgb8(&orig[..h * w * 3]), w, h, &plain, &mut png).map_err(js_err)?;
             set(&o, "original_image", Float32Array::from(&orig[..h * w * 3]));

@@ -12,7 +12,7 @@
 // PSEUDOWORD_PKG_DIR (serve this folder as /pkg/ instead of www/pkg, e.g. another build).
 
 import { chromium } from "playwright-core";
-import { startServe } from "../../scripts/start-serve.mjs";
+import { CHROMIUM, WEBGPU_FLAGS, startServe } from "../../scripts/start-serve.mjs";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
@@ -27,7 +27,6 @@ import { caseKeyboard } from "./a11y.mjs";
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "../..");
 const ARTIFACTS = path.join(HERE, "artifacts");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const GOLDENS = path.join(REPO, "tests/fixtures/tiny-sd1/goldens/text_encoder.safetensors");
 const PIPELINES = path.join(REPO, "tests/fixtures/tiny-sd1/goldens/pipelines.safetensors");
 const PKG_DIR = process.env.PSEUDOWORD_PKG_DIR ? path.resolve(process.env.PSEUDOWORD_PKG_DIR) : null;
@@ -38,20 +37,6 @@ const GENERATE_TIMEOUT = Number(process.env.PSEUDOWORD_GENERATE_TIMEOUT_MS || 1_
 const TOLERANCE = 1e-4;
 const IMAGE_TOLERANCE = 1e-3;
 
-// Exactly the flags of docs/BROWSER.md ("Real browser"). The fresh temp --user-data-dir is
-// passed as launchPersistentContext's first argument: Playwright refuses it inside `args`
-// (plain chromium.launch() would make its own temp profile; this keeps it explicit).
-const WEBGPU_FLAGS = [
-  "--headless=new",
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const NO_WEBGPU_FLAGS = WEBGPU_FLAGS.filter((f) => f !== "--enable-unsafe-webgpu");
 
 const ALL_CASES = ["i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii", "xiii", "xiv", "xv", "xvi"];

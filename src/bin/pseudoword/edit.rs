@@ -79,7 +79,7 @@ pub fn run(a: EditArgs) -> Result<(), Error> {
     let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
     let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
     let rec_path = a.out.with_file_name(format!("{stem}-reconstruction.{ext}"));
-    write_png(&rec_path, &reconstruction, w, h, &A1111Parameters { extra: vec![], ..params.clone() })?;
+    write_png(&rec_path, &reconstruction, w, h, &params.plain())?;
     let edit = r.edit.ok_or(InputError::Finished)?;
     if let Some(t) = &a.out_tensor {
         let ld = r.all_latents.dims();

@@ -97,7 +97,7 @@ pub fn run(a: GenerateArgs) -> Result<(), Error> {
         let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
         let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
         let base = a.out.with_file_name(format!("{stem}-original.{ext}"));
-        let plain = A1111Parameters { extra: vec![], ..params.clone() };
+        let plain = params.plain();
         let files = write_pngs(original, &base, &plain)?;
         original_json = Some(serde_json::json!({ "original": files, "target_positions": tokens.target }));
     }
